@@ -1,0 +1,280 @@
+"""
+CLIP, written out: the ViT image encoder, the causal text transformer, and a loader for OpenAI's released weights.
+
+Parameter names are CLIP's own, so an official state dict loads with strict=True and no mapping table. Everything
+runs in fp32; attention goes through F.scaled_dot_product_attention.
+
+Shapes: B batch, N image tokens (1 + grid^2), L text positions, C transformer width, D joint embedding width,
+nh heads, hs head size (C = nh * hs).
+"""
+import hashlib
+import math
+import os
+import sys
+import tempfile
+import urllib.request
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# CLIP's training-set statistics; pretrained weights expect images normalised with exactly these.
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+# The second-to-last path segment of each URL is the file's SHA256.
+_MODELS = {
+    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+}
+
+
+@dataclass
+class CLIPConfig:
+    embed_dim: int = 512          # D, the joint image-text space
+    # image encoder
+    image_resolution: int = 224
+    vision_layers: int = 12
+    vision_width: int = 768
+    vision_heads: int = 12        # released models use heads of 64 channels: width // 64
+    vision_patch_size: int = 32
+    # text encoder
+    context_length: int = 77
+    vocab_size: int = 49408
+    transformer_width: int = 512
+    transformer_heads: int = 8
+    transformer_layers: int = 12
+
+
+class QuickGELU(nn.Module):
+    # the sigmoid approximation of GELU that CLIP was trained with; exact GELU would change the numbers
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    # nn.MultiheadAttention's parameter layout (one packed q,k,v projection), computed batch-first through SDPA
+    def __init__(self, width, heads, causal):
+        super().__init__()
+        self.heads, self.causal = heads, causal
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        B, L, C = x.shape
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).split(C, dim=2)
+        q, k, v = (t.view(B, L, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, L, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out_proj(y.transpose(1, 2).reshape(B, L, C))  # (B, L, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.c_fc = nn.Linear(width, 4 * width)
+        self.gelu = QuickGELU()
+        self.c_proj = nn.Linear(4 * width, width)
+
+    def forward(self, x):
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width, heads, causal):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads, causal)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = MLP(width)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class Transformer(nn.Module):
+    def __init__(self, width, layers, heads, causal=False):
+        super().__init__()
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
+
+    def forward(self, x):
+        return self.resblocks(x)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, resolution, patch_size, width, layers, heads, output_dim):
+        super().__init__()
+        scale = width ** -0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def forward(self, x, all_tokens=False):
+        x = self.conv1(x)                                     # (B, C, grid, grid)
+        x = x.flatten(2).transpose(1, 2)                      # (B, grid^2, C)
+        cls = self.class_embedding.expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding  # (B, N, C)
+        x = self.transformer(self.ln_pre(x))
+        # SequencePAR (section 3.2) keeps every token; ln_post and proj are per token, so token 0 is CLIP's pooled output
+        x = x if all_tokens else x[:, 0]
+        return self.ln_post(x) @ self.proj                    # (B, N, D) or (B, D)
+
+
+class CLIP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        c = self.config = config
+        self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
+                                        c.vision_heads, c.embed_dim)
+        self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads, causal=True)
+        self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))
+        self.ln_final = nn.LayerNorm(c.transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.initialize_parameters()
+
+    def initialize_parameters(self):
+        # CLIP's initialisation; it matters only when training from scratch (the tiny demo model)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        for tr, width in ((self.transformer, self.config.transformer_width), (self.visual.transformer, self.config.vision_width)):
+            proj_std = width ** -0.5 * (2 * len(tr.resblocks)) ** -0.5  # residual projections shrink with depth
+            for block in tr.resblocks:
+                nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
+                nn.init.zeros_(block.attn.out_proj.bias)
+                nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+                nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+                nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=self.config.transformer_width ** -0.5)
+
+    def encode_image(self, image, all_tokens=False):
+        return self.visual(image, all_tokens)
+
+    def encode_text(self, text):
+        # text: (B, L) token ids with L <= context_length. A shorter L gives the same features: the mask is causal
+        # and we pool at the EOT token, so positions after it never reach the output.
+        x = self.token_embedding(text) + self.positional_embedding[:text.shape[1]]  # (B, L, C)
+        x = self.ln_final(self.transformer(x))
+        x = x[torch.arange(x.shape[0]), text.argmax(dim=-1)]  # EOT has the highest id in every row
+        return x @ self.text_projection                        # (B, D)
+
+    def forward(self, image, text):
+        image_features = F.normalize(self.encode_image(image), dim=-1)
+        text_features = F.normalize(self.encode_text(text), dim=-1)
+        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
+        return logits_per_image, logits_per_image.t()
+
+
+def build_model(state_dict):
+    """A CLIP (fp32, eval mode) from an official ViT state dict; every setting is read off the tensor shapes."""
+    sd = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+
+    def shape(key):
+        if key not in sd:
+            raise ValueError(f"not a CLIP ViT state dict: key {key!r} is missing")
+        return sd[key].shape
+
+    def count(prefix):
+        return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+
+    if "visual.proj" not in sd and any(k.startswith("visual.layer1") for k in sd):
+        raise ValueError("this is a ResNet CLIP state dict; only the ViT models are supported")
+    vision_width, _, patch, _ = shape("visual.conv1.weight")
+    grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)
+    width = shape("ln_final.weight")[0]
+    config = CLIPConfig(
+        embed_dim=shape("text_projection")[1],
+        image_resolution=patch * grid, vision_layers=count("visual.transformer.resblocks."),
+        vision_width=vision_width, vision_heads=vision_width // 64, vision_patch_size=patch,
+        context_length=shape("positional_embedding")[0], vocab_size=shape("token_embedding.weight")[0],
+        transformer_width=width, transformer_heads=width // 64, transformer_layers=count("transformer.resblocks."))
+    model = CLIP(config)
+    expected = model.state_dict()
+    unexpected = sorted(sd.keys() - expected.keys())
+    if unexpected:
+        raise ValueError(f"unexpected key {unexpected[0]!r} in the CLIP state dict")
+    for key, value in expected.items():
+        if shape(key) != value.shape:
+            raise ValueError(f"key {key!r} has shape {tuple(sd[key].shape)}, expected {tuple(value.shape)}")
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)  # released weights are fp16
+    return model.eval()
+
+
+def available_models():
+    return list(_MODELS)
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(url, root):
+    os.makedirs(root, exist_ok=True)
+    expected = url.split("/")[-2]
+    target = os.path.join(root, os.path.basename(url))
+    if os.path.isfile(target):
+        if _sha256(target) == expected:
+            return target
+        print(f"{target} does not match its SHA256 checksum; downloading it again", file=sys.stderr)
+    # we write to a temporary file in the same folder and rename it, so an interrupted download leaves nothing
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=os.path.basename(url) + ".", suffix=".tmp")
+    try:
+        h, done = hashlib.sha256(), 0
+        with urllib.request.urlopen(url) as source, os.fdopen(fd, "wb") as out:
+            total = int(source.headers.get("Content-Length") or 0)
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                out.write(chunk)
+                h.update(chunk)
+                done += len(chunk)
+                print(f"\rdownloading {os.path.basename(url)}: {done / 2**20:.0f}"
+                      + (f" / {total / 2**20:.0f}" if total else "") + " MiB", end="", file=sys.stderr)
+        print(file=sys.stderr)
+        if h.hexdigest() != expected:
+            raise ValueError(f"downloaded {url} has SHA256 {h.hexdigest()}, expected {expected}")
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return target
+
+
+def load(name_or_path, device="cpu", download_root=None):
+    """Load a CLIP by official name (see available_models(); downloaded once into ~/.cache/clip or download_root
+    and checked against its SHA256) or from a file: a TorchScript archive as OpenAI releases them, or a plain
+    state dict saved with torch.save. Returns the model in fp32 and eval mode."""
+    if name_or_path in _MODELS:
+        path = _download(_MODELS[name_or_path], download_root or os.path.expanduser("~/.cache/clip"))
+    elif os.path.isfile(name_or_path):
+        path = name_or_path
+    elif os.path.splitext(name_or_path)[1]:  # it has a file extension, so it was meant as a path
+        raise FileNotFoundError(f"CLIP checkpoint {name_or_path} not found")
+    else:
+        raise ValueError(f"unknown CLIP model {name_or_path!r}; available models: {', '.join(available_models())}")
+    try:
+        with warnings.catch_warnings():  # OpenAI's format is TorchScript, which recent PyTorch calls deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:  # not a TorchScript archive: a plain state dict then
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path} is neither a TorchScript archive nor a torch.save'd state dict ({e})") from None
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path} holds a {type(state_dict).__name__}, expected a CLIP state dict")
+    return build_model(state_dict).to(device)

@@ -1,0 +1,225 @@
+"""clip.py against open_clip's independent CLIP, the official file formats, the download path and the errors."""
+import hashlib
+import http.server
+import os
+import threading
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import clip
+from tokenizer import tokenize
+
+open_clip_model = pytest.importorskip("open_clip.model")
+
+# The released ViT shapes (embed dim, resolution, vision width, patch, text width) with 1 layer each to stay fast.
+SHAPES = {
+    "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_width=768, vision_patch_size=32, transformer_width=512),
+    "ViT-B/16": dict(embed_dim=512, image_resolution=224, vision_width=768, vision_patch_size=16, transformer_width=512),
+    "ViT-L/14": dict(embed_dim=768, image_resolution=224, vision_width=1024, vision_patch_size=14, transformer_width=768),
+    "ViT-L/14@336px": dict(embed_dim=768, image_resolution=336, vision_width=1024, vision_patch_size=14,
+                           transformer_width=768),
+}
+PROMPTS = ["A pedestrian wearing a hat", "a person with long hair, a backpack and leather shoes", "boots"]
+
+
+def official_state_dict(shape, layers=1, seed=0):
+    """Random weights in the layout of OpenAI's release: fp16 tensors under CLIP's names, plus the three
+    non-tensor-like entries. Every tensor (LayerNorm gains and biases too) is perturbed so nothing is trivial."""
+    torch.manual_seed(seed)
+    config = clip.CLIPConfig(vision_layers=layers, transformer_layers=layers, vision_heads=shape["vision_width"] // 64,
+                             transformer_heads=shape["transformer_width"] // 64, **shape)
+    sd = clip.CLIP(config).state_dict()
+    sd = {k: (v + 0.02 * torch.randn_like(v)).half() for k, v in sd.items()}
+    sd.update(input_resolution=torch.tensor(shape["image_resolution"]), context_length=torch.tensor(77),
+              vocab_size=torch.tensor(49408))
+    return sd
+
+
+def save_torchscript(state_dict, path):
+    # a TorchScript archive with exactly these state-dict keys, built from plain modules (not from clip.py)
+    root = nn.Module()
+    for key, value in state_dict.items():
+        *parents, name = key.split(".")
+        module = root
+        for p in parents:
+            if not hasattr(module, p):
+                module.add_module(p, nn.Module())
+            module = getattr(module, p)
+        module.register_buffer(name, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(root).save(path)
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_matches_open_clip(name):
+    sd = official_state_dict(SHAPES[name])
+    ours = clip.build_model(dict(sd))
+    ref = open_clip_model.build_model_from_openai_state_dict(dict(sd), cast_dtype=torch.float32).float().eval()
+    res = SHAPES[name]["image_resolution"]
+    image = torch.randn(2, 3, res, res)
+    text = tokenize(PROMPTS)
+    with torch.no_grad():
+        assert rel_err(ours.encode_image(image), ref.encode_image(image)) < 1e-4
+        assert rel_err(ours.encode_text(text), ref.encode_text(text)) < 1e-4
+        logits_per_image, logits_per_text = ours(image, text)
+        img, txt, scale = ref(image, text)  # open_clip returns normalised features and the logit scale
+        assert rel_err(logits_per_image, scale * img @ txt.t()) < 1e-4
+        assert torch.equal(logits_per_text, logits_per_image.t())
+    assert ours.config.vision_heads == SHAPES[name]["vision_width"] // 64
+    assert ours.config.image_resolution == res and ours.config.vision_layers == 1
+
+
+def test_all_tokens():
+    model = clip.build_model(official_state_dict(SHAPES["ViT-B/32"]))
+    image = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        tokens = model.encode_image(image, all_tokens=True)
+        pooled = model.encode_image(image)
+    assert tokens.shape == (2, 1 + 7 * 7, 512)
+    torch.testing.assert_close(tokens[:, 0], pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_short_context_is_exact():
+    # cutting the context to the longest prompt changes nothing (causal mask + pooling at EOT)
+    model = clip.build_model(official_state_dict(SHAPES["ViT-B/32"]))
+    text = tokenize(PROMPTS)
+    longest = int((text != 0).sum(1).max())
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(text[:, :longest]), model.encode_text(text), rtol=0, atol=1e-5)
+
+
+def test_sdpa_equals_written_out_attention():
+    torch.manual_seed(0)
+    for causal in (False, True):
+        attn = clip.Attention(64, 4, causal)
+        nn.init.normal_(attn.in_proj_weight, std=0.2)
+        x = torch.randn(2, 9, 64)
+        q, k, v = (x @ attn.in_proj_weight.t() + attn.in_proj_bias).split(64, dim=2)
+        q, k, v = (t.view(2, 9, 4, 16).transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / 16 ** 0.5
+        if causal:
+            scores = scores.masked_fill(torch.ones(9, 9).triu(1).bool(), float("-inf"))
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 9, 64)
+        torch.testing.assert_close(attn(x), attn.out_proj(y), rtol=1e-5, atol=1e-5)
+
+
+def test_torchscript_and_state_dict_files_load_identically(tmp_path):
+    sd = official_state_dict(SHAPES["ViT-B/32"])
+    save_torchscript(sd, str(tmp_path / "archive.pt"))
+    torch.save(sd, tmp_path / "plain.pt")
+    a, b = clip.load(str(tmp_path / "archive.pt")), clip.load(str(tmp_path / "plain.pt"))
+    assert not a.training and all(p.dtype == torch.float32 for p in a.parameters())  # the fp16 file loads as fp32
+    image, text = torch.randn(1, 3, 224, 224), tokenize(PROMPTS)
+    with torch.no_grad():
+        assert torch.equal(a.encode_image(image), b.encode_image(image))
+        assert torch.equal(a.encode_text(text), b.encode_text(text))
+        ref = open_clip_model.build_model_from_openai_state_dict(dict(sd), cast_dtype=torch.float32).float().eval()
+        assert rel_err(a.encode_image(image), ref.encode_image(image)) < 1e-4
+
+
+class Server:
+    """A local HTTP server over one folder that counts the requests it answers."""
+
+    def __init__(self, folder):
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=folder, **kwargs)
+
+            def do_GET(self):
+                server.requests += 1
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.requests = 0
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def served_checkpoint(tmp_path, monkeypatch):
+    sd = official_state_dict(SHAPES["ViT-B/32"])
+    blob = tmp_path / "blob.pt"
+    save_torchscript(sd, str(blob))
+    sha = hashlib.sha256(blob.read_bytes()).hexdigest()
+    for digest in (sha, "0" * 64):  # the right checksum, and one the file will not match
+        os.makedirs(tmp_path / "www" / digest)
+        os.link(blob, tmp_path / "www" / digest / "ViT-T.pt")
+    server = Server(str(tmp_path / "www"))
+    url = f"http://127.0.0.1:{server.port}/{{}}/ViT-T.pt"
+    monkeypatch.setattr(clip, "_MODELS", {"ViT-T": url.format(sha), "ViT-Bad": url.format("0" * 64)})
+    yield server, tmp_path / "cache"
+    server.httpd.shutdown()
+
+
+def test_download_then_reuse_then_repair(served_checkpoint):
+    server, cache = served_checkpoint
+    assert clip.available_models() == ["ViT-T", "ViT-Bad"]
+    model = clip.load("ViT-T", download_root=str(cache))
+    assert server.requests == 1 and os.listdir(cache) == ["ViT-T.pt"]
+    clip.load("ViT-T", download_root=str(cache))
+    assert server.requests == 1  # the verified cached file is reused
+    (cache / "ViT-T.pt").write_bytes(b"corrupted")
+    again = clip.load("ViT-T", download_root=str(cache))
+    assert server.requests == 2 and os.listdir(cache) == ["ViT-T.pt"]
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(image), again.encode_image(image))
+
+
+def test_checksum_mismatch_raises_and_leaves_nothing(served_checkpoint):
+    server, cache = served_checkpoint
+    with pytest.raises(ValueError, match=r"ViT-T.pt has SHA256 [0-9a-f]{64}, expected 0{64}"):
+        clip.load("ViT-Bad", download_root=str(cache))
+    assert server.requests == 1 and os.listdir(cache) == []
+
+
+def test_unknown_name_lists_models():
+    with pytest.raises(ValueError, match=r"unknown CLIP model 'ViT-H/14'; available models: ViT-B/32, ViT-B/16, "
+                                         r"ViT-L/14, ViT-L/14@336px"):
+        clip.load("ViT-H/14")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"CLIP checkpoint .*nothing.pt not found"):
+        clip.load(str(tmp_path / "nothing.pt"))
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk.pt is neither a TorchScript archive nor a torch.save'd state dict"):
+        clip.load(str(tmp_path / "junk.pt"))
+
+
+def test_missing_key():
+    sd = official_state_dict(SHAPES["ViT-B/32"])
+    del sd["visual.ln_post.bias"]
+    with pytest.raises(ValueError, match=r"key 'visual.ln_post.bias' is missing"):
+        clip.build_model(sd)
+
+
+def test_unexpected_key():
+    sd = official_state_dict(SHAPES["ViT-B/32"])
+    sd["visual.extra.weight"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"unexpected key 'visual.extra.weight'"):
+        clip.build_model(sd)
+
+
+def test_wrong_shape():
+    sd = official_state_dict(SHAPES["ViT-B/32"])
+    sd["transformer.resblocks.0.mlp.c_fc.bias"] = torch.zeros(100)
+    with pytest.raises(ValueError, match=r"key 'transformer.resblocks.0.mlp.c_fc.bias' has shape \(100,\), "
+                                         r"expected \(2048,\)"):
+        clip.build_model(sd)
