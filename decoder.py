@@ -1,0 +1,259 @@
+"""
+SequencePAR: pedestrian attributes generated as a sequence (arXiv 2312.01640).
+
+CLIP turns the image into N tokens and each attribute's prompt into one vector; a GPT-style decoder reads
+`<bos>`, then the positive attributes so far, attends to the image tokens, and predicts the next attribute or
+`<eos>`. Training is teacher forcing; inference decodes greedily or with beam search, with a KV cache.
+
+Shapes: B batch, T attribute positions, N image tokens, D width (CLIP's embed dim), nh heads, hs head size,
+A attributes, V = A + 3 vocabulary (`<bos>`, `<eos>`, `<pad>`, then attribute i as id 3 + i).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tokenizer import tokenize
+
+BOS, EOS, PAD = 0, 1, 2
+N_SPECIAL = 3
+
+
+@dataclass
+class DecoderConfig:
+    n_layer: int = 6      # the paper's decoder depth
+    n_head: int = 8
+    dropout: float = 0.1
+    bias: bool = True
+
+
+class SelfAttention(nn.Module):
+    """Causal self-attention over attribute positions, with an optional KV cache for decoding."""
+
+    def __init__(self, n_embd, config):
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache=None, start=0):
+        B, T, D = x.shape
+        q, k, v = self.c_attn(x).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:
+            # decoding: store this step's keys and values, attend to every position so far (all are in the past)
+            cache["k"][:, :, start:start + T] = k
+            cache["v"][:, :, start:start + T] = v
+            k, v = cache["k"][:, :, :start + T], cache["v"][:, :, :start + T]
+        causal = T > 1  # a prefix fed at once needs the mask; a single new token sees everything cached
+        assert start == 0 or not causal, "prefixes are fed only from position 0"
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))
+
+
+class CrossAttention(nn.Module):
+    """Attribute positions attend to the image tokens. Keys and values depend on the image only, so decoding
+    computes them once per layer (`memory_kv`) and reuses them at every step."""
+
+    def __init__(self, n_embd, config):
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.c_q = nn.Linear(n_embd, n_embd, bias=config.bias)
+        self.c_kv = nn.Linear(n_embd, 2 * n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def memory_kv(self, memory):
+        B, N, D = memory.shape
+        k, v = self.c_kv(memory).split(D, dim=2)
+        return tuple(t.view(B, N, self.n_head, D // self.n_head).transpose(1, 2) for t in (k, v))  # (B, nh, N, hs)
+
+    def forward(self, x, kv):
+        B, T, D = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, D // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, *kv, dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd, config):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, bias=config.bias)
+        self.attn = SelfAttention(n_embd, config)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=config.bias)
+        self.cross_attn = CrossAttention(n_embd, config)
+        self.ln_3 = nn.LayerNorm(n_embd, bias=config.bias)
+        self.mlp = MLP(n_embd, config)
+
+    def forward(self, x, kv, cache=None, start=0):
+        x = x + self.attn(self.ln_1(x), cache, start)
+        x = x + self.cross_attn(self.ln_2(x), kv)
+        x = x + self.mlp(self.ln_3(x))
+        return x
+
+
+def labels_to_targets(labels):
+    """(B, A) 0/1 labels -> (B, A + 2) ids: <bos>, the positive attributes in column order, <eos>, <pad>..."""
+    B, A = labels.shape
+    ids = torch.arange(A, device=labels.device) + N_SPECIAL
+    # sorting puts the positives' ids first, in increasing order; negatives become a key past every id
+    keys = torch.where(labels.bool(), ids, A + N_SPECIAL).sort(dim=1).values
+    targets = torch.full((B, A + 2), PAD, dtype=torch.long, device=labels.device)
+    targets[:, 0] = BOS
+    targets[:, 1:A + 1] = torch.where(keys < A + N_SPECIAL, keys, PAD)
+    targets[torch.arange(B), 1 + labels.bool().sum(1)] = EOS
+    return targets
+
+
+def targets_to_labels(ids, n_attr):
+    """Any (B, T) id tensor -> (B, A) uint8: 1 where attribute i's id appears; specials are ignored."""
+    labels = torch.zeros(ids.shape[0], n_attr + N_SPECIAL, dtype=torch.uint8, device=ids.device)
+    labels.scatter_(1, ids, 1)
+    return labels[:, N_SPECIAL:]
+
+
+class SequencePAR(nn.Module):
+    def __init__(self, clip_model, prompts, config, pos_rates=None):
+        super().__init__()
+        self.config, self.n_attr = config, len(prompts)
+        self.clip = clip_model
+        self.clip.logit_scale.requires_grad_(False)  # CLIP's contrastive temperature: SequencePAR never uses it
+        D, A = clip_model.config.embed_dim, len(prompts)
+        # Prompt tokens cut to the longest prompt (its EOT position + 1): the text encoder is causal and pools at
+        # EOT, so the cut is exact and saves most of the 77 positions.
+        tokens = tokenize(prompts, context_length=clip_model.config.context_length)
+        self.register_buffer("prompt_tokens", tokens[:, :int(tokens.argmax(1).max()) + 1], persistent=False)
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(N_SPECIAL, D),  # <bos>, <eos>, <pad>; attributes are embedded by the text encoder
+            wpe=nn.Embedding(A + 1, D),      # inputs are <bos> and at most A attributes
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(D, config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(D, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(D, A + N_SPECIAL, bias=False)
+        # the paper's weighted NLL (section 3.4): positive token j weighs exp(1 - r_j), r_j its training positive rate
+        weight = torch.ones(A + N_SPECIAL)
+        if pos_rates is not None:
+            weight[N_SPECIAL:] = torch.exp(1 - torch.as_tensor(pos_rates, dtype=torch.float))
+        self.register_buffer("loss_weight", weight)
+        # nanoGPT's initialisation, on the decoder only: CLIP keeps its own (possibly pretrained) weights
+        for module in [self.transformer, self.lm_head]:
+            module.apply(self._init_weights)
+        for name, p in self.transformer.named_parameters():
+            if name.endswith("c_proj.weight"):  # residual projections shrink with depth
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(3 * config.n_layer))
+        self._text_cache = None
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def train(self, mode=True):
+        self._text_cache = None  # the text encoder is about to change (or just did)
+        return super().train(mode)
+
+    def token_table(self):
+        """(V, D) embedding of every id: the learned specials, then the CLIP text features of the prompts."""
+        if self.training or torch.is_grad_enabled():
+            return torch.cat([self.transformer.wte.weight, self.clip.encode_text(self.prompt_tokens)])
+        # In inference the prompts are encoded once per model. The key notices any in-place change of the text
+        # weights (load_state_dict, an optimizer step), so the cache can never go stale.
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if self._text_cache is None or self._text_cache[0] != key:
+            self._text_cache = key, torch.cat([self.transformer.wte.weight, self.clip.encode_text(self.prompt_tokens)])
+        return self._text_cache[1]
+
+    def decode(self, idx, kvs, table, cache=None, start=0):
+        # idx (B, T): ids at positions start .. start + T - 1; kvs: per layer, the image tokens' keys and values
+        pos = torch.arange(start, start + idx.shape[1], device=idx.device)
+        x = self.transformer.drop(F.embedding(idx, table) + self.transformer.wpe(pos))  # (B, T, D)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, kvs[i], None if cache is None else cache[i], start)
+        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+
+    def encode(self, images):
+        memory = self.clip.encode_image(images, all_tokens=True)  # (B, N, D), section 3.2
+        return [block.cross_attn.memory_kv(memory) for block in self.transformer.h]
+
+    def forward(self, images, targets):
+        # targets (B, A + 2) from labels_to_targets. Columns past the longest sequence in the batch hold only
+        # <pad>, which is never a target and (causal mask) never influences earlier positions: we drop them.
+        targets = targets[:, :int((targets != PAD).sum(1).max())]
+        logits = self.decode(targets[:, :-1], self.encode(images), self.token_table())  # (B, T, V)
+        # next-token NLL; <eos> is a target (that is how the model learns to stop), <pad> is not (section 3.4)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, 1:].flatten(), weight=self.loss_weight,
+                               ignore_index=PAD)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, images, beam_size=1):
+        """Decode the attributes of a batch of images. Returns pred (B, A) in {0, 1} and scores (B, A): the
+        probability the model gave each emitted attribute when it emitted it (0 where not emitted).
+
+        Every hypothesis emits each attribute at most once and in increasing id order, never <bos> or <pad>,
+        and ends at <eos>. Beam search keeps the beam_size hypotheses of highest summed log-probability;
+        beam_size=1 is greedy decoding."""
+        B, K, A = images.shape[0], beam_size, self.n_attr
+        table = self.token_table()
+        kvs = [tuple(t.repeat_interleave(K, dim=0) for t in kv) for kv in self.encode(images)]  # (B*K, nh, N, hs)
+        k0 = kvs[0][0]
+        cache = [dict(k=k0.new_zeros(B * K, k0.shape[1], A + 1, k0.shape[3]), v=k0.new_zeros(B * K, k0.shape[1], A + 1, k0.shape[3]))
+                 for _ in kvs]
+        tokens = torch.full((B * K, A + 1), PAD, dtype=torch.long, device=k0.device)  # emitted ids
+        token_logp = torch.zeros(B * K, A + 1, device=k0.device)
+        last = torch.full((B * K,), -1, device=k0.device)  # the last attribute emitted: the next must be greater
+        done = torch.zeros(B * K, dtype=torch.bool, device=k0.device)
+        # Only the first beam of each image is live at the start, so the first step does not pick K copies.
+        beam_logp = torch.full((B, K), float("-inf"), device=k0.device)
+        beam_logp[:, 0] = 0
+        idx = torch.full((B * K, 1), BOS, dtype=torch.long, device=k0.device)
+        attr = torch.arange(A, device=k0.device)
+        for t in range(A + 1):
+            logp = self.decode(idx, kvs, table, cache, start=t)[:, -1].float().log_softmax(-1)  # (B*K, V)
+            allowed = torch.zeros_like(logp, dtype=torch.bool)
+            allowed[:, EOS] = True
+            allowed[:, N_SPECIAL:] = attr > last[:, None]  # monotone: each attribute once, in id order
+            logp = logp.masked_fill(~allowed, float("-inf"))
+            # a finished hypothesis only appends <pad> at no cost, so it keeps its score and its place
+            logp[done] = float("-inf")
+            logp[done, PAD] = 0
+            V = logp.shape[1]
+            scores = (beam_logp.view(B * K, 1) + logp).view(B, K * V)
+            beam_logp, flat = scores.topk(K, dim=1)  # (B, K), best first
+            src = (torch.arange(B, device=k0.device)[:, None] * K + flat // V).flatten()  # the beam each extends
+            nxt = (flat % V).flatten()
+            step_logp = logp[src, nxt]
+            if K > 1:  # hypotheses may have swapped beams: their caches and histories follow them
+                for c in cache:
+                    c["k"], c["v"] = c["k"][src], c["v"][src]
+                tokens, token_logp, last, done = tokens[src], token_logp[src], last[src], done[src]
+            tokens[:, t], token_logp[:, t] = nxt, step_logp
+            last = torch.where(nxt >= N_SPECIAL, nxt - N_SPECIAL, last)
+            done = done | (nxt == EOS) | (nxt == PAD)
+            if done.all():
+                break
+            idx = nxt[:, None]
+        best = torch.arange(B, device=k0.device) * K  # topk sorts, so beam 0 is each image's best hypothesis
+        tokens, probs = tokens[best], token_logp[best].exp()
+        is_attr = tokens >= N_SPECIAL
+        scores = torch.zeros(B, A + N_SPECIAL, device=k0.device)
+        scores.scatter_(1, tokens, torch.where(is_attr, probs, 0.0))
+        return targets_to_labels(tokens, A), scores[:, N_SPECIAL:]
