@@ -1,0 +1,571 @@
+"""
+Pedestrian attribute datasets: readers for the files as their owners distribute them, the image transform, a
+torch Dataset, and a synthetic set that we draw ourselves so the demo runs anywhere.
+
+Every reader returns the same small record (PARData): N image paths, an (N, A) uint8 label matrix in {0, 1}, the
+A attribute names in dataset column order (the order of the target sequence), one prompt sentence per attribute,
+and the split index arrays. Run `python data.py <name> [--root=...]` to check a download before training.
+Shapes: N images, A attributes.
+"""
+import csv
+import functools
+import math
+import multiprocessing
+import os
+import pickle
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.io
+import torch
+import torchvision.transforms as T
+from PIL import Image, ImageDraw
+
+from clip import MEAN, STD
+
+
+@dataclass
+class PARData:
+    image_paths: list  # N full paths
+    labels: np.ndarray  # (N, A) uint8 in {0, 1}
+    attr_names: list  # A names, in dataset column order
+    prompts: list  # A sentences, one per attribute
+    splits: dict  # "train", optional "val", "test" -> int64 index arrays into the N images
+
+# -----------------------------------------------------------------------------
+# prompts: one short sentence per attribute, the text side of SequencePAR's attribute tokens
+
+PROMPTS = {
+    # PETA (the 35 evaluated attributes)
+    "accessoryHat": "A pedestrian wearing a hat", "accessoryMuffler": "A pedestrian wearing a muffler",
+    "accessoryNothing": "A pedestrian with no accessories", "accessorySunglasses": "A pedestrian wearing sunglasses",
+    "hairLong": "A pedestrian with long hair", "upperBodyCasual": "A pedestrian in a casual top",
+    "upperBodyFormal": "A pedestrian in a formal top", "upperBodyJacket": "A pedestrian wearing a jacket",
+    "upperBodyLogo": "A pedestrian wearing a top with a logo", "upperBodyPlaid": "A pedestrian wearing a plaid top",
+    "upperBodyShortSleeve": "A pedestrian in short sleeves", "upperBodyThinStripes": "A pedestrian in thin stripes",
+    "upperBodyTshirt": "A pedestrian wearing a T-shirt", "upperBodyOther": "A pedestrian wearing another kind of top",
+    "upperBodyVNeck": "A pedestrian in a V-neck top", "lowerBodyCasual": "A pedestrian in casual trousers or skirt",
+    "lowerBodyFormal": "A pedestrian in formal trousers or skirt", "lowerBodyJeans": "A pedestrian wearing jeans",
+    "lowerBodyShorts": "A pedestrian wearing shorts", "lowerBodyShortSkirt": "A pedestrian wearing a short skirt",
+    "lowerBodyTrousers": "A pedestrian wearing trousers", "footwearLeatherShoes": "A pedestrian wearing leather shoes",
+    "footwearSandals": "A pedestrian wearing sandals", "footwearShoes": "A pedestrian wearing shoes",
+    "footwearSneaker": "A pedestrian wearing sneakers", "carryingBackpack": "A pedestrian carrying a backpack",
+    "carryingOther": "A pedestrian carrying something", "carryingMessengerBag": "A pedestrian with a messenger bag",
+    "carryingNothing": "A pedestrian carrying nothing", "carryingPlasticBags": "A pedestrian carrying plastic bags",
+    "personalLess30": "A pedestrian younger than 30", "personalLess45": "A pedestrian aged 30 to 45",
+    "personalLess60": "A pedestrian aged 45 to 60", "personalLarger60": "A pedestrian older than 60",
+    "personalMale": "A male pedestrian",
+    # PA100K, and the synthetic set, which borrows its names
+    "Female": "A female pedestrian", "AgeOver60": "A pedestrian older than 60",
+    "Age18-60": "A pedestrian aged 18 to 60", "AgeLess18": "A pedestrian younger than 18",
+    "Front": "A pedestrian seen from the front", "Side": "A pedestrian seen from the side",
+    "Back": "A pedestrian seen from the back",
+    "Hat": "A pedestrian wearing a hat", "Glasses": "A pedestrian wearing glasses",
+    "HandBag": "A pedestrian carrying a handbag", "ShoulderBag": "A pedestrian carrying a shoulder bag",
+    "Backpack": "A pedestrian carrying a backpack", "HoldObjectsInFront": "A pedestrian holding something in front",
+    "ShortSleeve": "A pedestrian in short sleeves", "LongSleeve": "A pedestrian in long sleeves",
+    "UpperStride": "A pedestrian wearing a striped top", "UpperLogo": "A pedestrian wearing a top with a logo",
+    "UpperPlaid": "A pedestrian wearing a plaid top", "UpperSplice": "A pedestrian wearing a spliced top",
+    "LowerStripe": "A pedestrian wearing striped trousers", "LowerPattern": "A pedestrian wearing patterned trousers",
+    "LongCoat": "A pedestrian wearing a long coat", "Trousers": "A pedestrian wearing trousers",
+    "Shorts": "A pedestrian wearing shorts", "Skirt&Dress": "A pedestrian wearing a skirt or a dress",
+    "boots": "A pedestrian wearing boots", "LongHair": "A pedestrian with long hair",
+    "UpperStripe": "A pedestrian wearing a striped top", "Skirt": "A pedestrian wearing a skirt",
+    # WIDER attribute
+    "Male": "A male pedestrian", "sunglass": "A pedestrian wearing sunglasses", "Tshirt": "A pedestrian in a T-shirt",
+    "formal": "A pedestrian in formal clothes", "jeans": "A pedestrian wearing jeans",
+    "longPants": "A pedestrian wearing long pants", "faceMask": "A pedestrian wearing a face mask",
+    "logo": "A pedestrian wearing clothes with a logo", "stripe": "A pedestrian wearing striped clothes",
+    # RAP, whose other names (hs-Hat, ub-Jacket, ...) go through the rules of prompt_for
+    "AgeLess16": "A pedestrian younger than 16", "Age17-30": "A pedestrian aged 17 to 30",
+    "Age31-45": "A pedestrian aged 31 to 45", "Age46-60": "A pedestrian aged 46 to 60",
+    "AgeBiger60": "A pedestrian older than 60", "BodyFatter": "A very fat pedestrian", "BodyFat": "A fat pedestrian",
+    "BodyNormal": "A pedestrian of normal build", "BodyThin": "A thin pedestrian", "BodyThiner": "A skinny pedestrian",
+    "Customer": "A pedestrian who is a customer", "Clerk": "A pedestrian who is a clerk",
+    "Employee": "A pedestrian who is an employee",
+}
+_key = functools.partial(re.sub, r"[^a-z0-9]", "")  # looked up with case and punctuation ignored: hairLong = HairLong
+_PROMPTS = {_key(k.lower()): v for k, v in PROMPTS.items()}
+_PREFIXES = {"hs": "A pedestrian with {}", "ub": "A pedestrian wearing {} on the upper body", "attach": "A pedestrian "
+             "carrying {}", "lb": "A pedestrian wearing {} on the lower body", "shoes": "A pedestrian wearing {} shoes",
+             "action": "A pedestrian {}"}  # RAP's groups
+
+
+def prompt_for(name):
+    """'Hat' -> 'A pedestrian wearing a hat'; 'hs-Hat' too; an unknown name becomes a sentence of its words."""
+    prefix, _, rest = name.partition("-") if re.match(r"[a-z]+-", name) else ("", "", name)
+    for key in (_key(name.lower()), _key(rest.lower())):
+        if key in _PROMPTS:
+            return _PROMPTS[key]
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|[_\-]+", " ", rest).lower().strip()  # upperBodyJacket -> upper body jacket
+    return _PREFIXES.get(prefix, "A pedestrian with {}").format(words)
+
+# -----------------------------------------------------------------------------
+# readers of the original annotation files (DESIGN section 3); each gets the dataset root
+
+
+def _loadmat(path):
+    try:
+        return scipy.io.loadmat(path)
+    except (ValueError, TypeError, OSError, NotImplementedError, scipy.io.matlab.MatReadError) as e:
+        raise ValueError(f"{path}: cannot read it as a MATLAB v5 file ({e})") from None
+
+
+def _record(paths, labels, names, splits):
+    names = [str(n) for n in names]  # loadmat and the pickles give numpy strings
+    labels = (np.asarray(labels) == 1).astype(np.uint8)  # RAP's 2 ("uncertain") and WIDER's -1 count as absent
+    return PARData(list(paths), labels, names, [prompt_for(n) for n in names],
+                   {k: np.asarray(v, dtype=np.int64).ravel() for k, v in splits.items()})
+
+
+PETA_ORDER = [10, 18, 19, 30, 15, 7, 9, 11, 14, 21, 26, 29, 32, 33, 34, 6, 8, 12, 25, 27, 31, 13, 23, 24, 28, 4, 5,
+              17, 20, 22, 0, 1, 2, 3, 16]  # groups related attributes: accessories, hair, upper, lower, shoes, ...
+RAPV2_ORDER = list(range(10, 45)) + [1, 2, 3, 4, 0, 5, 6, 7, 8, 9] + list(range(45, 54))
+
+
+def read_peta(root, path):
+    p = _loadmat(path)["peta"][0][0]
+    data = p[0]  # (N, 109): 4 metadata columns, then 105 labels
+    if data.ndim != 2 or data.shape[1] != 109:
+        raise ValueError(f"{path}: peta data is {data.shape}, expected (N, 109): 4 metadata columns and 105 labels")
+    names = [p[1][j][0][0] for j in range(105)]
+    part = p[3][0][0][0][0]  # partition 0 of 5
+    splits = {s: part[k][:, 0] - 1 for k, s in enumerate(("train", "val", "test"))}
+    paths = [os.path.join(root, "images", f"{i + 1:05}.png") for i in range(len(data))]
+    return _record(paths, data[:, 4:][:, PETA_ORDER], [names[j] for j in PETA_ORDER], splits)
+
+
+def read_pa100k(root, path):
+    m = _loadmat(path)
+    paths, labels, splits, n = [], [], {}, 0
+    for s in ("train", "val", "test"):  # the three splits follow each other in file order
+        paths += [os.path.join(root, "data", x[0][0]) for x in m[f"{s}_images_name"]]
+        labels.append(m[f"{s}_label"])
+        splits[s] = np.arange(n, len(paths))
+        n = len(paths)
+    labels = np.concatenate(labels)
+    names = [x[0][0] for x in m["attributes"]]
+    if labels.shape != (n, len(names)):
+        raise ValueError(f"{path}: labels are {labels.shape}, expected ({n}, {len(names)}) for the images and names")
+    return _record(paths, labels, names, splits)
+
+
+def read_rapv1(root, path):
+    r = _loadmat(path)["RAP_annotation"][0][0]
+    paths = [os.path.join(root, "RAP_dataset", x[0][0]) for x in r[5]]
+    labels, names = r[1], [x[0][0] for x in r[3]]
+    if labels.shape != (len(paths), 92) or len(names) != 92:
+        raise ValueError(f"{path}: labels are {labels.shape} with {len(names)} names, expected ({len(paths)}, 92)")
+    part = r[0][0][0][0][0]  # partition 0 of 5: trainval and test, 1-based rows
+    return _record(paths, labels[:, :51], names[:51], {"train": part[0][0, :] - 1, "test": part[1][0, :] - 1})
+
+
+def read_rapv2(root, path):
+    r = _loadmat(path)["RAP_annotation"]
+    paths = [os.path.join(root, "RAP_dataset", x[0][0]) for x in r["name"][0][0]]
+    names, labels = [x[0][0] for x in r["attribute"][0][0]], r["data"][0][0]
+    if labels.shape != (len(paths), len(names)):
+        raise ValueError(f"{path}: data is {labels.shape}, expected ({len(paths)}, {len(names)}) for images and names")
+    cols = (r["selected_attribute"][0][0][0] - 1)[RAPV2_ORDER]  # 54 columns, 1-based in the file
+    part = r["partition_attribute"][0][0][0][0]  # partition 0 of 5
+    splits = {s: part[f"{s}_index"][0][0][0] - 1 for s in ("train", "val", "test")}
+    return _record(paths, labels[:, cols], [names[j] for j in cols], splits)
+
+
+def read_wider(root, path):
+    ann = os.path.join(root, "Annotations")
+    with open(os.path.join(ann, "attr_name.txt")) as f:
+        names = [line.split()[-1] for line in f if line.strip()]  # "Male" or "0 Male" per line
+    paths, labels, splits = [], [], {}
+    for s, split in (("trainval", "train"), ("test", "test")):
+        with open(os.path.join(ann, f"{s}_name.txt")) as f:
+            files = [line.strip() for line in f if line.strip()]
+        with open(os.path.join(ann, f"{s}_gt_label.txt")) as f:
+            rows = [line.split() for line in f if line.strip()]
+        if len(rows) != len(files) or any(len(r) != len(names) for r in rows):
+            raise ValueError(f"{ann}/{s}_gt_label.txt: expected {len(files)} rows (one per line of {s}_name.txt) "
+                             f"of {len(names)} values in {{-1, 0, 1}}")
+        splits[split] = np.arange(len(paths), len(paths) + len(files))
+        paths += [os.path.join(root, x) for x in files]
+        labels += [[int(v) for v in r] for r in rows]
+    return _record(paths, np.array(labels).reshape(-1, len(names)), names, splits)
+
+
+class _SplitUnpickler(pickle.Unpickler):
+    # a pickle can run any function it names, so we read Rethinking-of-PAR's EasyDicts as dicts, numpy arrays, and
+    # nothing else (DESIGN section 7); the easydict package need not be installed
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "range"), ("_codecs", "encode")} | {
+        (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) == ("easydict", "EasyDict"):
+            return _EasyDict
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise ValueError(f"refusing to load {module}.{name}: a split file holds only dicts and numpy arrays")
+
+
+class _EasyDict(dict):
+    def __setstate__(self, state):  # an EasyDict pickles its items twice, as dict items and as attributes
+        self.update(state)
+
+
+def read_zs(root, path, image_dir):
+    with open(path, "rb") as f:
+        try:
+            d = _SplitUnpickler(f).load()
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        except (pickle.UnpicklingError, EOFError) as e:
+            raise ValueError(f"{path}: not a readable pickle ({e})") from None
+    cols = list(d["label_idx"]["eval"]) if "label_idx" in d else list(range(len(d["attr_name"])))
+    parts = {s: d["partition"][s] for s in ("train", "val", "test")}
+    splits = {s: p[0] if isinstance(p, list) else p for s, p in parts.items()}  # a list holds one array per partition
+    paths = [os.path.join(root, image_dir, str(x)) for x in d["image_name"]]
+    return _record(paths, np.asarray(d["label"])[:, cols], [d["attr_name"][j] for j in cols], splits)
+
+
+def read_csv(root, path):
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if not rows or rows[0][:2] != ["image", "split"] or len(rows[0]) < 3:
+        raise ValueError(f"{path}: header is {','.join(rows[0][:4]) if rows else 'empty'}..., "
+                         "expected image,split,<attr1>,<attr2>,...")
+    names, body = rows[0][2:], rows[1:]  # image paths are relative to the folder
+    for i, r in enumerate(body):
+        if len(r) != len(names) + 2 or r[1] not in ("train", "val", "test") or set(r[2:]) - {"0", "1"}:
+            raise ValueError(f"{path}: line {i + 2} is {','.join(r[:4])}..., expected an image path, a split "
+                             f"(train, val or test) and {len(names)} cells of 0 or 1")
+    split = np.array([r[1] for r in body])
+    labels = (np.array([r[2:] for r in body]) == "1").reshape(len(body), len(names))
+    data = _record([os.path.join(root, r[0]) for r in body], labels, names,
+                   {s: np.flatnonzero(split == s) for s in ("train", "val", "test") if (split == s).any()})
+    prompts_path = os.path.join(root, "prompts.csv")  # optional: attribute,prompt rows overriding the defaults
+    if os.path.exists(prompts_path):
+        with open(prompts_path, newline="") as f:
+            for r in list(csv.reader(f))[1:]:
+                if len(r) != 2 or r[0] not in names:
+                    raise ValueError(f"{prompts_path}: row {','.join(r)} is not attribute,prompt for an "
+                                     "attribute of labels.csv")
+                data.prompts[names.index(r[0])] = r[1]
+    return data
+
+
+PETA_URL, RAP_URL = "http://mmlab.ie.cuhk.edu.hk/projects/PETA.html", "http://www.rapdataset.com/"
+ZS = "the dataset is published at https://github.com/valencebond/Rethinking_of_PAR (splits) and "
+RAP_FILES = "RAP_annotation/RAP_annotation.mat and RAP_dataset/"
+DATASETS = {  # name: (reader, annotation file under the root, what the root holds, where to get it)
+    "peta": (read_peta, "PETA.mat", "PETA.mat and images/00001.png ...", f"the dataset is published at {PETA_URL}"),
+    "pa100k": (read_pa100k, "annotation.mat", "annotation.mat and data/000001.jpg ...",
+               "the dataset is published at https://github.com/xh-liu/HydraPlus-Net"),
+    "rapv1": (read_rapv1, "RAP_annotation/RAP_annotation.mat", RAP_FILES, f"the dataset is published at {RAP_URL}"),
+    "rapv2": (read_rapv2, "RAP_annotation/RAP_annotation.mat", RAP_FILES, f"the dataset is published at {RAP_URL}"),
+    "wider": (read_wider, "Annotations/trainval_name.txt", "Annotations/{trainval,test}_{name,gt_label}.txt, "
+              "Annotations/attr_name.txt and the images",
+              "the dataset is published at http://mmlab.ie.cuhk.edu.hk/projects/WIDERAttribute.html"),
+    "peta_zs": (functools.partial(read_zs, image_dir="images"), "dataset_zs_run0.pkl",
+                "dataset_zs_run0.pkl and images/", ZS + PETA_URL),
+    "rap_zs": (functools.partial(read_zs, image_dir="RAP_dataset"), "dataset_zs_run0.pkl",
+               "dataset_zs_run0.pkl and RAP_dataset/", ZS + RAP_URL),
+    "csv": (read_csv, "labels.csv", "labels.csv (header image,split,<attr1>,... then one row of 0/1 cells per image, "
+            "image paths relative to the folder) and the images", "see read_csv in data.py"),
+    "synth": (read_csv, "labels.csv", "labels.csv and images/", "make_synthetic in data.py draws it"),
+}
+
+
+def load_dataset(name, root=None):
+    """Reads dataset `name` from `root` (default data/<name>) into a PARData; synth is drawn on first use."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
+    reader, ann, holds, where = DATASETS[name]
+    root = root or os.path.join("data", name)
+    path = os.path.join(root, ann)
+    if name == "synth" and not os.path.exists(path):
+        print(f"synth: {path} not found, drawing {SYNTH_N} images into {root} ...", end=" ", flush=True)
+        t0 = time.time()
+        make_synthetic(root, SYNTH_N, seed=0)
+        print(f"done in {time.time() - t0:.0f} s")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: the {name} reader expects {holds} under {root}; {where}")
+    try:
+        data = reader(root, path)
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not laid out as the {name} release ({type(e).__name__}: {e})") from None
+    n, a = data.labels.shape
+    if len(data.image_paths) != n or len(data.attr_names) != a or not all(
+            len(ix) == 0 or (ix.min() >= 0 and ix.max() < n) for ix in data.splits.values()):
+        raise ValueError(f"{path}: {len(data.image_paths)} images, {data.labels.shape} labels, {len(data.attr_names)} "
+                         f"names and splits within 0..{n - 1} were expected to agree")
+    if n and not os.path.exists(data.image_paths[0]):
+        raise FileNotFoundError(f"{data.image_paths[0]} not found: the {name} reader expects {holds} under {root}; "
+                                f"{where}")
+    return data
+
+# -----------------------------------------------------------------------------
+# images: pad to square, resize, augment (DESIGN section 1), and the torch Dataset
+
+
+class PadToSquare:
+    # centres the image on a black square, so that resizing keeps the person's aspect ratio
+
+    def __call__(self, img):
+        w, h = img.size
+        out = Image.new("RGB", (max(w, h), max(w, h)))
+        out.paste(img, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
+        return out
+
+
+def build_transform(size, train):
+    """PIL image -> (3, size, size) float: pad to square, resize, for training Pad + RandomCrop + flip, CLIP's stats."""
+    ops = [PadToSquare(), T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)]
+    if train:
+        pad = max(1, round(10 * size / 224))  # the paper's Pad(10) is for 224 px; we keep its share of small images
+        ops += [T.Pad(pad), T.RandomCrop(size), T.RandomHorizontalFlip()]  # no attribute here is left/right-specific
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+class PARImages(torch.utils.data.Dataset):
+    """(image (3, size, size) float, labels (A,) uint8) for the images `indices` of a PARData."""
+
+    def __init__(self, data, indices, size, train):
+        self.paths = [data.image_paths[i] for i in indices]
+        self.labels = torch.from_numpy(data.labels[np.asarray(indices, dtype=np.int64)])
+        self.transform = build_transform(size, train)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            with Image.open(self.paths[i]) as img:
+                img = img.convert("RGB")  # grey, palette and RGBA images all become RGB
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {self.paths[i]} not found") from None
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read image {self.paths[i]}: {e}") from None
+        return self.transform(img), self.labels[i]
+
+# -----------------------------------------------------------------------------
+# the synthetic set (DESIGN section 5): stylised pedestrians drawn with Pillow, labels sampled like real data
+
+SYNTH_ATTRS = ["Female", "AgeLess18", "Age18-60", "AgeOver60", "Front", "Back", "Side", "Hat", "Glasses", "LongHair",
+               "Backpack", "HandBag", "ShoulderBag", "ShortSleeve", "LongSleeve", "UpperStripe", "UpperLogo",
+               "LongCoat", "Trousers", "Shorts", "Skirt", "Boots"]
+SYNTH_GROUPS = [("AgeLess18", "Age18-60", "AgeOver60"), ("Front", "Back", "Side"), ("ShortSleeve", "LongSleeve"),
+                ("Trousers", "Shorts", "Skirt")]  # exactly one attribute of each group holds
+SYNTH_N = 40_000  # DESIGN section 5: data volume, not epochs, decides what a small model learns here
+COLOURS = [(200, 30, 30), (30, 60, 190), (40, 150, 60), (230, 200, 40), (235, 235, 235), (25, 25, 25), (128, 128, 128),
+           (20, 30, 80), (110, 70, 40), (240, 130, 180), (120, 50, 150), (240, 130, 20)]
+HAIR = [(20, 15, 10), (60, 35, 20), (110, 70, 35), (200, 170, 90)]
+SKIN = [(250, 215, 180), (225, 180, 140), (180, 130, 90), (120, 80, 55)]
+
+
+def _synth_labels(r):  # one person's attributes, with dependencies and imbalance like those of real data
+    a = dict.fromkeys(SYNTH_ATTRS, False)
+    female = a["Female"] = r.random() < 0.45
+    age = r.choices(SYNTH_GROUPS[0], (0.2, 0.6, 0.2))[0]
+    view = r.choices(SYNTH_GROUPS[1], (0.4, 0.35, 0.25))[0]
+    a[age] = a[view] = True
+    child, old = age == "AgeLess18", age == "AgeOver60"
+    a["LongHair"] = r.random() < (0.75 if female else 0.07)
+    a["Hat"] = r.random() < (0.3 if old else 0.1)
+    a["Glasses"] = view != "Back" and r.random() < (0.3 if old else 0.06)  # nobody can see glasses from behind
+    a["LongCoat"] = r.random() < (0.2 if old else 0.06)
+    a["LongSleeve"] = a["LongCoat"] or r.random() < 0.55
+    a["ShortSleeve"] = not a["LongSleeve"]
+    a["Skirt"] = r.random() < (0.45 if female else 0.01)
+    a["Shorts"] = not a["Skirt"] and not a["LongCoat"] and r.random() < (0.08 if a["LongSleeve"] else 0.45)
+    a["Trousers"] = not a["Skirt"] and not a["Shorts"]
+    a["Boots"] = r.random() < (0.3 if a["Skirt"] else 0.02 if a["Shorts"] else 0.12)
+    a["Backpack"] = r.random() < (0.5 if child else 0.04 if old else 0.18)
+    a["ShoulderBag"] = r.random() < (0.04 if a["Backpack"] else 0.2)
+    a["HandBag"] = r.random() < (0.25 if female else 0.03)
+    a["UpperStripe"] = r.random() < (0.3 if child else 0.12)
+    a["UpperLogo"] = r.random() < (0.3 if child else 0.12)
+    return a
+
+
+def _jitter(r, c, k=25):
+    return tuple(min(255, max(0, v + r.randint(-k, k))) for v in c)
+
+
+def _box(d, x0, y0, x1, y1, fill, **kw):  # a rectangle given by any two corners
+    d.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), fill=fill, **kw)
+
+
+def _synth_image(r, a, rng):  # person `a` on a street-like background, drawn at 128x64, stored at 64x32
+    W, H = 64, 128
+    grad = np.linspace([r.randint(30, 225) for _ in "rgb"], [r.randint(30, 225) for _ in "rgb"], H)
+    img = Image.fromarray(np.repeat(grad[:, None, :], W, axis=1).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    for _ in range(r.randint(1, 5)):  # walls, windows, cars
+        x, y = r.randint(-20, W), r.randint(-20, H)
+        _box(d, x, y, x + r.randint(6, 40), y + r.randint(6, 60), _jitter(r, (128, 128, 128), 100))
+    child, old, female, side = a["AgeLess18"], a["AgeOver60"], a["Female"], a["Side"]
+    h = H * (r.uniform(0.55, 0.7) if child else r.uniform(0.78, 0.94))  # body height: children are smaller
+    feet, cx = r.uniform(h + 2, H - 2), W / 2 + r.uniform(-7, 7)
+    _box(d, 0, feet - r.uniform(0, 8), W, H, _jitter(r, (90, 90, 90), 50))  # the ground
+    top, hh = feet - h, h * (0.2 if child else 0.14)  # head height: a child's head is large for its body
+    hw, neck = hh * 0.8, top + hh
+    sw = h * (0.27 if child else 0.25 if female else 0.29) * (0.6 if side else 1)  # shoulders: women's are narrower
+    hip = neck + (feet - neck) * 0.42
+    knee, x0, x1 = hip + (feet - hip) * 0.5, cx - sw / 2, cx + sw / 2  # x0..x1: the torso
+    face = r.choice((-1, 1)) if side else 0  # side views face left or right, so a flip keeps every label true
+    skin = _jitter(r, r.choice(SKIN), 10)
+    hair = _jitter(r, (190, 190, 190), 30) if old and r.random() < 0.85 else _jitter(r, r.choice(HAIR), 15)
+    upper = _jitter(r, r.choice(COLOURS[9:11] if female and r.random() < 0.4 else COLOURS))  # a weak cue to Female
+    lower, bag = _jitter(r, r.choice(COLOURS)), _jitter(r, r.choice(COLOURS), 40)
+    contrast = (245, 245, 235) if sum(upper) < 400 else (15, 15, 25)  # for stripes and logos
+    if a["LongHair"] and not a["Back"]:  # behind the head and shoulders
+        _box(d, cx - hw * (0.68 + face * 0.3), top + hh * 0.3, cx + hw * (0.68 - face * 0.3), neck + h * 0.11, hair)
+    if a["Backpack"] and a["Front"]:  # from the front only its edges and straps show
+        _box(d, x0 - 2, neck + 3, x1 + 2, hip - 4, bag)
+    if a["Backpack"] and side:
+        _box(d, cx - face * sw / 2, neck + h * 0.03, cx - face * (sw / 2 + h * 0.1), hip - h * 0.03, bag)
+    hidden_handbag = a["HandBag"] and r.random() < 0.5  # mostly behind the body: a weakly visible attribute
+    if hidden_handbag:
+        _box(d, x1 - sw * 0.3, hip - h * 0.03, x1 + h * 0.03, hip + h * 0.09, bag)
+    lw = sw * (0.75 if side else 0.4)
+    for left in ([cx - lw / 2] if side else [cx - lw - 1, cx + 1]):  # legs, then what covers them
+        _box(d, left, hip, left + lw, feet, skin)
+        if a["Trousers"] or a["Shorts"]:
+            _box(d, left, hip, left + lw, feet - h * 0.03 if a["Trousers"] else knee - h * 0.02, lower)
+        shoe = _jitter(r, (40, 30, 25), 20) if a["Boots"] else _jitter(r, r.choice(COLOURS[4:9]), 20)
+        toe = (min(face, 0) * 3, max(face, 0) * 3)  # shoes stick out forwards
+        _box(d, left - 1 + toe[0], feet - h * (0.14 if a["Boots"] else 0.03), left + lw + 1 + toe[1], feet, shoe)
+    if a["Skirt"]:
+        bottom = knee + h * r.uniform(-0.04, 0.08)
+        d.polygon([(x0 + sw * 0.1, hip - 2), (x1 - sw * 0.1, hip - 2), (x1 + sw * 0.1, bottom),
+                   (x0 - sw * 0.1, bottom)], fill=lower)
+    end = knee + h * 0.06 if a["LongCoat"] else hip + h * 0.03
+    d.polygon([(x0, neck), (x1, neck), (x1 + (end - hip) * 0.15, end), (x0 - (end - hip) * 0.15, end)], fill=upper)
+    for y in np.arange(neck + 3, end - 2, 7) if a["UpperStripe"] else []:
+        _box(d, x0, y, x1, y + 3, contrast)
+    if a["UpperLogo"]:
+        lx, ly, s = cx + face * sw * 0.15, neck + (hip - neck) * 0.3, h * 0.05
+        _box(d, lx - s, ly - s, lx + s, ly + s, contrast)
+    if a["Backpack"] and a["Back"]:
+        _box(d, x0 + sw * 0.12, neck + h * 0.03, x1 - sw * 0.12, hip - h * 0.02, bag, outline=(20, 20, 20))
+    for sx in (cx - sw * 0.3, cx + sw * 0.3) if a["Backpack"] and a["Front"] else []:  # straps
+        _box(d, sx - 1.5, neck, sx + 1.5, neck + (hip - neck) * 0.55, bag)
+    if a["ShoulderBag"]:  # a strap across the chest, the bag at the opposite hip
+        sgn = face or r.choice((-1, 1))
+        d.line((cx - sgn * sw * 0.4, neck + 1, cx + sgn * sw * 0.5, hip - h * 0.02), fill=bag, width=3)
+        _box(d, cx + sgn * sw * 0.4, hip - h * 0.06, cx + sgn * (sw * 0.4 + h * 0.12), hip + h * 0.07, bag)
+    aw = h * 0.06  # arms: sleeves in the upper garment's colour, then skin
+    for ax in ([cx + face * sw * 0.1 - aw / 2] if side else [x0 - aw, x1]):
+        _box(d, ax, neck + 1, ax + aw, hip + h * 0.03, skin)
+        _box(d, ax, neck + 1, ax + aw, hip if a["LongSleeve"] else neck + (hip - neck) * 0.35, upper)
+    if a["HandBag"] and not hidden_handbag:  # in the hand
+        bx = cx + face * sw * 0.1 if side else x1 + aw / 2
+        _box(d, bx - h * 0.07, hip + h * 0.01, bx + h * 0.07, hip + h * 0.12, bag)
+    if old and r.random() < 0.35:  # a walking stick
+        d.line((x1 + aw / 2, hip + h * 0.02, x1 + aw / 2 + h * 0.05, feet), fill=(90, 60, 30), width=2)
+    hx, ey = cx + face * hw * 0.1, top + hh * 0.55
+    d.ellipse((hx - hw / 2, top, hx + hw / 2, neck), fill=hair if a["Back"] else skin)
+    if not a["Back"]:
+        d.chord((hx - hw / 2 - 1, top - 1, hx + hw / 2 + 1, top + hh * 0.8), 180, 360, fill=hair)
+        if side:  # the back of the head is hair too
+            _box(d, hx, top + hh * 0.3, hx - face * hw / 2, top + hh * 0.7, hair)
+        for ex in ([hx + face * hw * 0.28] if side else [hx - hw * 0.2, hx + hw * 0.2]):
+            _box(d, ex - 1, ey - 1, ex + 1, ey + 1, (30, 20, 20))
+        if a["Glasses"]:  # thin: small head details stay hard (DESIGN section 5)
+            gx0, gx1 = (hx + face * hw * 0.05, hx + face * hw * 0.52) if side else (hx - hw * 0.38, hx + hw * 0.38)
+            _box(d, gx0, ey - hh * 0.09, gx1, ey + hh * 0.09, (10, 10, 10))
+    if a["LongHair"] and a["Back"]:
+        _box(d, hx - hw * 0.6, top + hh * 0.4, hx + hw * 0.6, neck + h * 0.11, hair)
+    if a["Hat"]:  # a crown that raises the head's outline, and a brim
+        hat = _jitter(r, r.choice(COLOURS[:5] + COLOURS[9:]), 30)  # bright: hats are hard enough to see
+        _box(d, hx - hw * 0.45, top - hh * 0.3, hx + hw * 0.45, top + hh * 0.28, hat)
+        _box(d, hx - hw * (0.75 - 0.3 * face), top + hh * 0.16, hx + hw * (0.75 + 0.3 * face), top + hh * 0.32, hat)
+    if r.random() < 0.25:  # something in front of the person: a car, a bin, a bench
+        ox = r.uniform(-20, W - 10)
+        _box(d, ox, feet - h * r.uniform(0.1, 0.4), ox + r.uniform(15, 50), H, _jitter(r, (128,) * 3, 100))
+    if r.random() < 0.1:  # a pole
+        px = r.uniform(0, W)
+        _box(d, px, 0, px + r.uniform(3, 6), H, _jitter(r, (100,) * 3, 60))
+    x = np.asarray(img.reduce(2), dtype=np.float32) * r.uniform(0.7, 1.2)  # 2x2 averages anti-alias; lighting
+    x += rng.normal(0, r.uniform(1.5, 5), x.shape)  # sensor noise
+    return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
+
+
+def _synth_chunk(job):
+    folder, seed, n, start, stop = job
+    rows = []
+    for i in range(start, stop):
+        r = random.Random(f"{seed}/{i}")  # image i depends on (seed, i) only, not on which worker draws it
+        a = _synth_labels(r)
+        name = f"images/{i:06d}.png"
+        _synth_image(r, a, np.random.default_rng([seed, i])).save(os.path.join(folder, name))
+        split = "train" if i < 0.8 * n else "val" if i < 0.9 * n else "test"  # 80 / 10 / 10
+        rows.append([name, split] + [int(a[k]) for k in SYNTH_ATTRS])
+    return rows
+
+
+def make_synthetic(root, n, seed, workers=None):
+    """Draws n synthetic pedestrians into root/images/*.png and writes root/labels.csv and root/prompts.csv."""
+    root = os.path.abspath(root)
+    if os.path.isdir(root) and set(os.listdir(root)) - {"images", "labels.csv", "prompts.csv"}:
+        raise ValueError(f"{root} holds other files than a synthetic set; choose an empty or new folder")
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".synth-")  # filled, then renamed: a half-drawn set never loads
+    try:
+        os.mkdir(os.path.join(tmp, "images"))
+        workers = workers or os.cpu_count() or 1
+        size = max(1, min(500, math.ceil(n / (4 * workers))))  # several jobs a worker, so none waits on the last
+        jobs = [(tmp, seed, n, s, min(s + size, n)) for s in range(0, n, size)]
+        if workers > 1:
+            with multiprocessing.Pool(workers) as pool:
+                chunks = pool.map(_synth_chunk, jobs)
+        else:
+            chunks = [_synth_chunk(job) for job in jobs]
+        with open(os.path.join(tmp, "labels.csv"), "w", newline="") as f:
+            csv.writer(f).writerows([["image", "split"] + SYNTH_ATTRS] + [row for c in chunks for row in c])
+        with open(os.path.join(tmp, "prompts.csv"), "w", newline="") as f:
+            csv.writer(f).writerows([["attribute", "prompt"]] + [[k, prompt_for(k)] for k in SYNTH_ATTRS])
+        if os.path.isdir(root):  # a previous synthetic set: swap it out, then delete it
+            os.rename(root, tmp + "-old")
+        os.rename(tmp, root)
+        shutil.rmtree(tmp + "-old", ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+# -----------------------------------------------------------------------------
+
+
+def summary(name, data):
+    n, a = data.labels.shape
+    rates = data.labels.mean(0) if n else np.zeros(a)
+    lines = [f"{name}: {n} images, {a} attributes; " + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())]
+    lines += [f"  {rate:6.1%}  {attr:<24} {p}" for attr, p, rate in zip(data.attr_names, data.prompts, rates)]
+    return "\n".join(lines + [f"first image: {data.image_paths[0] if n else '-'}"])
+
+
+def main(argv):
+    names = [x for x in argv if not x.startswith("--")]
+    opts = dict(x[2:].partition("=")[::2] for x in argv if x.startswith("--"))
+    allowed = {"root", "n", "seed"} if names == ["synth"] else {"root"}
+    if len(names) != 1 or set(opts) - allowed or not all(opts.values()):
+        raise ValueError(f"usage: python data.py <name> [--root=DIR], or python data.py synth [--root=DIR] "
+                         f"[--n=N --seed=S to redraw]; got {' '.join(argv) or 'nothing'}")
+    root = opts.get("root")
+    if "n" in opts or "seed" in opts:
+        if not (opts.get("n", "0").isdigit() and opts.get("seed", "0").isdigit()):
+            raise ValueError(f"--n and --seed take whole numbers, got {opts}")
+        make_synthetic(root or os.path.join("data", "synth"), int(opts.get("n", SYNTH_N)), int(opts.get("seed", 0)))
+    print(summary(names[0], load_dataset(names[0], root)))
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,439 @@
+"""Readers on fixture files in the real on-disk formats, their error messages, the transform, the synthetic set."""
+import csv
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+
+import data
+from clip import MEAN, STD
+
+PETA_35 = ("accessoryHat accessoryMuffler accessoryNothing accessorySunglasses hairLong upperBodyCasual "
+           "upperBodyFormal upperBodyJacket upperBodyLogo upperBodyPlaid upperBodyShortSleeve upperBodyThinStripes "
+           "upperBodyTshirt upperBodyOther upperBodyVNeck lowerBodyCasual lowerBodyFormal lowerBodyJeans "
+           "lowerBodyShorts lowerBodyShortSkirt lowerBodyTrousers footwearLeatherShoes footwearSandals footwearShoes "
+           "footwearSneaker carryingBackpack carryingOther carryingMessengerBag carryingNothing carryingPlasticBags "
+           "personalLess30 personalLess45 personalLess60 personalLarger60 personalMale").split()
+# PETA.mat's first 35 of 105 names, in file order
+PETA_RAW = ("personalLess30 personalLess45 personalLess60 personalLarger60 carryingBackpack carryingOther "
+            "lowerBodyCasual upperBodyCasual lowerBodyFormal upperBodyFormal accessoryHat upperBodyJacket "
+            "lowerBodyJeans footwearLeatherShoes upperBodyLogo hairLong personalMale carryingMessengerBag "
+            "accessoryMuffler accessoryNothing carryingNothing upperBodyPlaid carryingPlasticBags footwearSandals "
+            "footwearShoes lowerBodyShorts upperBodyShortSleeve lowerBodyShortSkirt footwearSneaker "
+            "upperBodyThinStripes accessorySunglasses lowerBodyTrousers upperBodyTshirt upperBodyOther "
+            "upperBodyVNeck").split()
+PA100K_26 = ("Female AgeOver60 Age18-60 AgeLess18 Front Side Back Hat Glasses HandBag ShoulderBag Backpack "
+             "HoldObjectsInFront ShortSleeve LongSleeve UpperStride UpperLogo UpperPlaid UpperSplice LowerStripe "
+             "LowerPattern LongCoat Trousers Shorts Skirt&Dress boots").split()
+
+
+def cell(items, shape):
+    """A MATLAB cell array: savemat writes numpy object arrays as cells (and dicts as structs)."""
+    c = np.empty(len(items), dtype=object)
+    c[:] = items
+    return c.reshape(shape)
+
+
+def tiny_image(path, colour=(200, 30, 30), size=(4, 8)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+def write_peta(root, n=20, columns=109):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (n, columns)).astype(np.float64)
+    labels[:, :4] = 7  # metadata columns
+    names = PETA_RAW + [f"extra{j}" for j in range(70)]
+    parts = [{"train_index": np.array([[3], [1], [2]]) + k, "val_index": np.array([[10], [11]]),
+              "test_index": np.array([[20], [19]])} for k in range(5)]  # 1-based; partition k shifts train by k
+    scipy.io.savemat(os.path.join(root, "PETA.mat"), {"peta": {
+        "data": labels, "attribute": cell(names, (105, 1)), "selected_attribute": np.arange(1, 36)[None],
+        "partition_attribute": cell(parts, (5, 1))}})
+    tiny_image(os.path.join(root, "images", "00001.png"))
+    return labels, names
+
+
+def test_peta(tmp_path):
+    labels, names = write_peta(str(tmp_path))
+    m = scipy.io.loadmat(tmp_path / "PETA.mat")  # the fixture nests exactly as DESIGN section 3 indexes the file
+    assert m["peta"][0][0][0].shape == (20, 109) and m["peta"][0][0][1][15][0][0] == "hairLong"
+    assert list(m["peta"][0][0][3][0][0][0][0][2][:, 0] - 1) == [19, 18]
+    d = data.load_dataset("peta", str(tmp_path))
+    assert d.attr_names == PETA_35 and len(d.prompts) == 35
+    assert d.labels.dtype == np.uint8 and d.labels.shape == (20, 35)
+    for k, name in enumerate(PETA_35):
+        assert (d.labels[:, k] == labels[:, 4 + names.index(name)]).all(), name
+    assert [list(d.splits[s]) for s in ("train", "val", "test")] == [[2, 0, 1], [9, 10], [19, 18]]
+    assert d.image_paths[0] == os.path.join(str(tmp_path), "images", "00001.png")
+    assert d.image_paths[19].endswith(os.path.join("images", "00020.png"))
+    assert d.prompts[0] == "A pedestrian wearing a hat" and d.prompts[34] == "A male pedestrian"
+
+
+def test_pa100k(tmp_path):
+    rng = np.random.default_rng(1)
+    mat, files = {"attributes": cell(PA100K_26, (26, 1))}, []
+    for s, n in (("train", 4), ("val", 2), ("test", 3)):
+        names = [f"{len(files) + i + 1:06}.jpg" for i in range(n)]
+        files += names
+        mat[f"{s}_images_name"], mat[f"{s}_label"] = cell(names, (n, 1)), rng.integers(0, 2, (n, 26)).astype(np.uint8)
+    scipy.io.savemat(tmp_path / "annotation.mat", mat)
+    tiny_image(str(tmp_path / "data" / "000001.jpg"))
+    d = data.load_dataset("pa100k", str(tmp_path))
+    assert d.attr_names == PA100K_26
+    assert (d.labels == np.concatenate([mat["train_label"], mat["val_label"], mat["test_label"]])).all()
+    assert [list(d.splits[s]) for s in ("train", "val", "test")] == [[0, 1, 2, 3], [4, 5], [6, 7, 8]]
+    assert d.image_paths == [os.path.join(str(tmp_path), "data", f) for f in files]
+    assert d.prompts[PA100K_26.index("boots")] == "A pedestrian wearing boots"
+
+
+def test_rapv1(tmp_path):
+    n = 12
+    labels = np.random.default_rng(2).integers(0, 3, (n, 92)).astype(np.uint8)  # 2 is RAP's "uncertain"
+    names = [f"attr{j}" for j in range(92)]
+    names[:3] = ["Female", "AgeLess16", "ub-ShortSleeve"]
+    parts = [{"train_index": np.array([[5, 1, 2]]) + k, "test_index": np.array([[12, 7]])} for k in range(5)]
+    files = [f"CAM01_2014-02-15_{i:08}.png" for i in range(n)]
+    scipy.io.savemat(tmp_path / "RAP_annotation.mat", {"RAP_annotation": {  # fields in the real file's order
+        "partion": cell(parts, (5, 1)), "label": labels, "attribute_chinese": cell(names, (92, 1)),
+        "attribute_eng": cell(names, (92, 1)), "attribute_exp": cell(names, (92, 1)),
+        "imagesname": cell(files, (n, 1)), "position": np.zeros((n, 16))}})
+    os.makedirs(tmp_path / "RAP_annotation")
+    os.rename(tmp_path / "RAP_annotation.mat", tmp_path / "RAP_annotation" / "RAP_annotation.mat")
+    tiny_image(str(tmp_path / "RAP_dataset" / files[0]))
+    d = data.load_dataset("rapv1", str(tmp_path))
+    assert d.attr_names == names[:51]
+    assert (d.labels == (labels[:, :51] == 1)).all() and (labels[:, :51] == 2).any()
+    assert list(d.splits) == ["train", "test"]  # RAPv1 has no validation split
+    assert list(d.splits["train"]) == [4, 0, 1] and list(d.splits["test"]) == [11, 6]
+    assert d.image_paths[3] == os.path.join(str(tmp_path), "RAP_dataset", files[3])
+    assert d.prompts[:3] == ["A female pedestrian", "A pedestrian younger than 16", "A pedestrian in short sleeves"]
+
+
+RAPV2_ORDER = list(range(10, 45)) + [1, 2, 3, 4, 0, 5, 6, 7, 8, 9] + list(range(45, 54))
+
+
+def test_rapv2(tmp_path):
+    n, a = 10, 60
+    labels = np.random.default_rng(3).integers(0, 3, (n, a)).astype(np.uint8)
+    names = [f"attr{j}" for j in range(a)]
+    selected = np.arange(a, 6, -1)[:54]  # 1-based columns 60 down to 7
+    parts = [{"train_index": np.array([[1, 2, 3]]) + k, "val_index": np.array([[9]]), "test_index": np.array([[10, 4]])}
+             for k in range(5)]
+    files = [f"CAM{i:02}-2014.png" for i in range(n)]
+    os.makedirs(tmp_path / "RAP_annotation")
+    scipy.io.savemat(tmp_path / "RAP_annotation" / "RAP_annotation.mat", {"RAP_annotation": {
+        "name": cell(files, (n, 1)), "position": np.zeros((n, 16)), "attribute": cell(names, (a, 1)), "data": labels,
+        "selected_attribute": selected[None], "partition_attribute": cell(parts, (1, 5))}})
+    tiny_image(str(tmp_path / "RAP_dataset" / files[0]))
+    d = data.load_dataset("rapv2", str(tmp_path))
+    cols = [selected[k] - 1 for k in RAPV2_ORDER]
+    assert d.attr_names == [names[c] for c in cols]
+    assert (d.labels == (labels[:, cols] == 1)).all()
+    assert [list(d.splits[s]) for s in ("train", "val", "test")] == [[0, 1, 2], [8], [9, 3]]
+    assert d.image_paths[-1] == os.path.join(str(tmp_path), "RAP_dataset", files[-1])
+
+
+WIDER_14 = "Male longHair sunglass Hat Tshirt longSleeve formal shorts jeans longPants skirt faceMask logo stripe"
+WIDER_14 = WIDER_14.split()
+
+
+def write_wider(root):
+    ann = os.path.join(root, "Annotations")
+    os.makedirs(ann)
+    with open(os.path.join(ann, "attr_name.txt"), "w") as f:
+        f.write("\n".join(WIDER_14) + "\n")
+    rng, rows = np.random.default_rng(4), {}
+    for s, n in (("trainval", 3), ("test", 2)):
+        rows[s] = rng.integers(-1, 2, (n, 14))
+        with open(os.path.join(ann, f"{s}_name.txt"), "w") as f:
+            f.write("".join(f"Image/{s}/0--Parade/{i}.jpg\n" for i in range(n)))
+        np.savetxt(os.path.join(ann, f"{s}_gt_label.txt"), rows[s], fmt="%d")
+    tiny_image(os.path.join(root, "Image", "trainval", "0--Parade", "0.jpg"))
+    return rows
+
+
+def test_wider(tmp_path):
+    rows = write_wider(str(tmp_path))
+    d = data.load_dataset("wider", str(tmp_path))
+    assert d.attr_names == WIDER_14
+    assert (d.labels == (np.concatenate([rows["trainval"], rows["test"]]) == 1)).all()
+    assert list(d.splits) == ["train", "test"] and list(d.splits["test"]) == [3, 4]
+    assert d.image_paths[4] == os.path.join(str(tmp_path), "Image/test/0--Parade/1.jpg")
+    assert d.prompts[WIDER_14.index("faceMask")] == "A pedestrian wearing a face mask"
+
+
+@pytest.fixture
+def easydict_module(monkeypatch):
+    """A stand-in for the easydict package (not installed): like the real one, it stores items as attributes too."""
+    class EasyDict(dict):
+        def __init__(self, d=None):
+            for k, v in (d or {}).items():
+                setattr(self, k, v)
+
+        def __setattr__(self, k, v):
+            v = EasyDict(v) if isinstance(v, dict) and not isinstance(v, EasyDict) else v
+            super().__setattr__(k, v)
+            super().__setitem__(k, v)
+
+    EasyDict.__module__, EasyDict.__qualname__ = "easydict", "EasyDict"
+    module = types.ModuleType("easydict")
+    module.EasyDict = EasyDict
+    monkeypatch.setitem(sys.modules, "easydict", module)
+    return EasyDict
+
+
+@pytest.mark.parametrize("name,image_dir,protocol", [("peta_zs", "images", 3), ("rap_zs", "RAP_dataset", 4)])
+def test_zero_shot_pickle(tmp_path, easydict_module, name, image_dir, protocol):
+    n = 8
+    label = np.random.default_rng(5).integers(0, 3, (n, 12)).astype(np.float64)
+    d = easydict_module({"description": "peta", "root": "/mnt/data1/somebody/PETA/images",
+                         "image_name": [np.str_(f"{i + 1:05}.png") for i in range(n)], "label": label,
+                         "attr_name": [f"attr{j}" for j in range(12)],
+                         "label_idx": {"eval": [4, 0, 2], "color": [5, 6], "extra": range(7, 12)},
+                         "partition": {"train": np.array([0, 3, 5]), "val": np.array([1]), "test": np.array([7, 2]),
+                                       "trainval": np.array([0, 3, 5, 1])},
+                         "weight_train": [label.mean(0).astype(np.float32)]})
+    assert isinstance(d["partition"], easydict_module) and d.partition.test[0] == 7
+    raw = pickle.dumps(d, protocol=protocol)
+    if protocol == 3:  # the release was pickled under numpy 1, whose arrays name numpy.core, not numpy._core
+        raw = raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+        assert b"numpy.core.multiarray" in raw
+    (tmp_path / "dataset_zs_run0.pkl").write_bytes(raw)
+    tiny_image(str(tmp_path / image_dir / "00001.png"))
+    out = data.load_dataset(name, str(tmp_path))
+    assert out.attr_names == ["attr4", "attr0", "attr2"]
+    assert (out.labels == (label[:, [4, 0, 2]] == 1)).all()
+    assert [list(out.splits[s]) for s in ("train", "val", "test")] == [[0, 3, 5], [1], [7, 2]]
+    assert out.image_paths[2] == os.path.join(str(tmp_path), image_dir, "00003.png")
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_zero_shot_pickle_refuses_other_classes(tmp_path):
+    marker = tmp_path / "marker"
+    with open(tmp_path / "dataset_zs_run0.pkl", "wb") as f:
+        pickle.dump({"image_name": ["00001.png"], "label": Exploit(marker)}, f)
+    with pytest.raises(ValueError, match=r"dataset_zs_run0.pkl: refusing to load (posix|os|nt)\.system"):
+        data.load_dataset("peta_zs", str(tmp_path))
+    assert not marker.exists()
+
+
+def write_csv(root, rows, header="image,split,hat,long hair"):
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "labels.csv"), "w") as f:
+        f.write("\n".join([header] + rows) + "\n")
+
+
+def test_csv(tmp_path):
+    write_csv(str(tmp_path), ["a.png,train,1,0", "sub/b.png,test,0,1", "c.png,train,1,1"])
+    tiny_image(str(tmp_path / "a.png"))
+    d = data.load_dataset("csv", str(tmp_path))
+    assert d.attr_names == ["hat", "long hair"] and d.labels.tolist() == [[1, 0], [0, 1], [1, 1]]
+    assert list(d.splits) == ["train", "test"] and list(d.splits["train"]) == [0, 2]
+    assert d.image_paths[1] == os.path.join(str(tmp_path), "sub/b.png")
+    assert d.prompts == ["A pedestrian wearing a hat", "A pedestrian with long hair"]
+    (tmp_path / "prompts.csv").write_text("attribute,prompt\nlong hair,Someone whose hair is long\n")
+    assert data.load_dataset("csv", str(tmp_path)).prompts[1] == "Someone whose hair is long"
+    (tmp_path / "prompts.csv").write_text("attribute,prompt\nbeard,A man with a beard\n")
+    with pytest.raises(ValueError, match="prompts.csv: row beard,A man with a beard is not attribute,prompt"):
+        data.load_dataset("csv", str(tmp_path))
+
+
+def test_prompt_fallback():
+    assert data.prompt_for("upperBodyJacket") == "A pedestrian wearing a jacket"
+    assert data.prompt_for("upperBodyBlack") == "A pedestrian with upper body black"
+    assert data.prompt_for("lb-LongTrousers") == "A pedestrian wearing long trousers on the lower body"
+    assert data.prompt_for("shoes-Leather") == "A pedestrian wearing leather shoes"
+    assert data.prompt_for("attach-PlasticBag") == "A pedestrian carrying plastic bag"
+
+
+# ----------------------------------------------------------------------------- errors a user will meet
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown dataset 'petaa'; known: peta, pa100k, rapv1, rapv2, wider, peta_zs"):
+        data.load_dataset("petaa")
+
+
+def test_missing_root_says_what_and_where(tmp_path):
+    root = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"nowhere/PETA\.mat not found: the peta reader expects PETA\.mat and "
+                                                r"images/00001\.png .* published at http://mmlab\.ie\.cuhk\.edu\.hk"):
+        data.load_dataset("peta", root)
+    with pytest.raises(FileNotFoundError, match=r"RAP_annotation\.mat not found.*rapdataset\.com"):
+        data.load_dataset("rapv2", root)
+    with pytest.raises(FileNotFoundError, match=r"dataset_zs_run0\.pkl not found.*Rethinking_of_PAR"):
+        data.load_dataset("rap_zs", root)
+
+
+def test_annotation_of_the_wrong_shape(tmp_path):
+    write_peta(str(tmp_path), columns=100)
+    with pytest.raises(ValueError, match=r"PETA\.mat: peta data is \(20, 100\), expected \(N, 109\)"):
+        data.load_dataset("peta", str(tmp_path))
+    scipy.io.savemat(tmp_path / "PETA.mat", {"peta": {"data": np.zeros((3, 109))}})
+    with pytest.raises(ValueError, match=r"PETA\.mat: not laid out as the peta release \(IndexError"):
+        data.load_dataset("peta", str(tmp_path))
+    (tmp_path / "PETA.mat").write_text("not a mat file")
+    with pytest.raises(ValueError, match=r"PETA\.mat: cannot read it as a MATLAB v5 file"):
+        data.load_dataset("peta", str(tmp_path))
+    write_wider(str(tmp_path / "w"))
+    with open(tmp_path / "w" / "Annotations" / "test_gt_label.txt", "a") as f:
+        f.write("1 0 1\n")
+    with pytest.raises(ValueError, match=r"test_gt_label\.txt: expected 2 rows .* of 14 values"):
+        data.load_dataset("wider", str(tmp_path / "w"))
+    write_csv(str(tmp_path / "c"), ["a.png,train,1,0", "b.png,train,1,yes"])
+    with pytest.raises(ValueError, match=r"labels\.csv: line 3 is b\.png,train,1,yes\.\.\., expected an image path"):
+        data.load_dataset("csv", str(tmp_path / "c"))
+    write_csv(str(tmp_path / "c"), ["a.png,train,1,0"], header="path,hat")
+    with pytest.raises(ValueError, match=r"labels\.csv: header is path,hat\.\.\., expected image,split,<attr1>"):
+        data.load_dataset("csv", str(tmp_path / "c"))
+
+
+def test_missing_and_unreadable_images(tmp_path):
+    write_peta(str(tmp_path))
+    os.remove(tmp_path / "images" / "00001.png")
+    with pytest.raises(FileNotFoundError, match=r"images/00001\.png not found: the peta reader expects"):
+        data.load_dataset("peta", str(tmp_path))
+    write_csv(str(tmp_path / "c"), ["a.png,train,1,0", "bad.png,train,0,1", "gone.png,test,0,0"])
+    tiny_image(str(tmp_path / "c" / "a.png"))
+    (tmp_path / "c" / "bad.png").write_bytes(b"\x89PNG truncated")
+    ds = data.PARImages(data.load_dataset("csv", str(tmp_path / "c")), [0, 1, 2], size=16, train=False)
+    assert ds[0][0].shape == (3, 16, 16) and ds[0][1].tolist() == [1, 0]
+    with pytest.raises(ValueError, match=r"cannot read image .*c/bad\.png"):
+        ds[1]
+    with pytest.raises(FileNotFoundError, match=r"image .*c/gone\.png not found"):
+        ds[2]
+
+
+# ----------------------------------------------------------------------------- transform
+
+def test_transform_size_normalisation_and_aspect(tmp_path):
+    img = Image.new("RGB", (20, 40), (255, 128, 0))  # 20 wide, 40 tall, like a pedestrian crop
+    x = data.build_transform(32, train=False)(img)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    mean, std = torch.tensor(MEAN)[:, None], torch.tensor(STD)[:, None]
+    colour = (torch.tensor([255, 128, 0]) / 255.0)[:, None]
+    assert torch.allclose(x[:, :, 16], ((colour - mean) / std).expand(3, 32), atol=1e-3)  # the person fills the height
+    black = (0 - mean) / std
+    assert torch.allclose(x[:, :, :7], black[:, :, None].expand(3, 32, 7), atol=1e-3)  # black bars left and right
+    assert torch.allclose(x[:, :, 25:], black[:, :, None].expand(3, 32, 7), atol=1e-3)
+    wide = (x[0, 16] - black[0]).abs() > 0.1
+    assert wide.sum() in (16, 17, 18)  # 20/40 of the width: the aspect ratio is kept
+    gray = data.build_transform(32, train=False)(Image.new("L", (20, 40), 255))
+    assert gray.shape == (3, 32, 32)
+
+
+def test_train_transform_is_random_and_sized():
+    torch.manual_seed(0)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 32, 3), dtype=np.uint8))
+    t = data.build_transform(64, train=True)
+    outs = [t(img) for _ in range(6)]
+    assert all(o.shape == (3, 64, 64) for o in outs)
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])  # crop and flip change the image
+
+
+def test_images_of_any_mode_become_rgb(tmp_path):
+    paths = []
+    for mode in ("L", "RGBA", "P", "CMYK"):
+        paths.append(str(tmp_path / f"{mode}.{'jpg' if mode == 'CMYK' else 'png'}"))
+        Image.new(mode, (6, 12)).save(paths[-1])
+    d = data.PARData(paths, np.zeros((4, 2), np.uint8), ["a", "b"], ["A", "B"], {"train": np.arange(4)})
+    ds = data.PARImages(d, d.splits["train"], size=16, train=True)
+    assert all(ds[i][0].shape == (3, 16, 16) for i in range(4))
+
+
+# ----------------------------------------------------------------------------- synthetic set
+
+def hashes(root):
+    files = sorted(os.listdir(os.path.join(root, "images")))
+    return [hashlib.sha256(open(os.path.join(root, "images", f), "rb").read()).hexdigest() for f in files]
+
+
+def test_synthetic_is_deterministic(tmp_path):
+    data.make_synthetic(str(tmp_path / "a"), 40, seed=3, workers=1)
+    data.make_synthetic(str(tmp_path / "b"), 40, seed=3, workers=2)
+    data.make_synthetic(str(tmp_path / "c"), 40, seed=4, workers=2)
+    assert len(hashes(tmp_path / "a")) == 40 and hashes(tmp_path / "a") == hashes(tmp_path / "b")
+    assert (tmp_path / "a" / "labels.csv").read_bytes() == (tmp_path / "b" / "labels.csv").read_bytes()
+    assert len(set(hashes(tmp_path / "a")) & set(hashes(tmp_path / "c"))) == 0
+
+
+def test_synthetic_statistics(tmp_path):
+    data.make_synthetic(str(tmp_path / "s"), 2000, seed=0)
+    d = data.load_dataset("synth", str(tmp_path / "s"))
+    assert d.attr_names == data.SYNTH_ATTRS and len(d.attr_names) >= 16
+    assert {k: len(v) for k, v in d.splits.items()} == {"train": 1600, "val": 200, "test": 200}
+    with Image.open(d.image_paths[0]) as img:
+        assert img.size == (32, 64) and img.mode == "RGB"
+    assert d.prompts[d.attr_names.index("Skirt")] == "A pedestrian wearing a skirt"
+    y = {k: d.labels[:, j].astype(bool) for j, k in enumerate(d.attr_names)}
+    rates = d.labels.mean(0)
+    assert rates.min() >= 0.04 and rates.max() <= 0.65, dict(zip(d.attr_names, rates.round(3)))
+    for group in data.SYNTH_GROUPS:
+        assert (sum(y[k].astype(int) for k in group) == 1).all(), group
+    assert y["Female"][y["Skirt"]].mean() > 0.9  # skirts go with women, and long hair with women
+    assert y["LongHair"][y["Female"]].mean() > 0.6 and y["LongHair"][~y["Female"]].mean() < 0.15
+    assert not (y["Glasses"] & y["Back"]).any() and (y["Shorts"] & y["Boots"]).mean() < 0.01
+    assert y["Backpack"][y["AgeLess18"]].mean() > 2 * y["Backpack"][y["AgeOver60"]].mean()
+
+
+def test_synthetic_first_use_and_atomic_write(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "SYNTH_N", 30)
+    d = data.load_dataset("synth", str(tmp_path / "s"))
+    assert len(d.image_paths) == 30 and "drawing 30 images" in capsys.readouterr().out
+    real = data._synth_chunk
+
+    def interrupted(job):
+        if job[3] > 0:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(data, "_synth_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.make_synthetic(str(tmp_path / "t"), 30, seed=0, workers=1)
+    assert sorted(os.listdir(tmp_path)) == ["s"]  # no half set, no temporary folder left behind
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files than a synthetic set"):
+        data.make_synthetic(str(tmp_path / "s"), 30, seed=0)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def test_summary_command(tmp_path, capsys):
+    write_peta(str(tmp_path))
+    data.main(["peta", f"--root={tmp_path}"])
+    out = capsys.readouterr().out
+    assert out.startswith("peta: 20 images, 35 attributes; train 3, val 2, test 2")
+    assert "accessoryHat" in out and f"first image: {tmp_path}/images/00001.png" in out
+    with pytest.raises(ValueError, match="usage: python data.py <name>"):
+        data.main(["peta", "--rot=x"])
+    with pytest.raises(ValueError, match="usage"):
+        data.main(["peta", "--n=5"])  # --n only redraws the synthetic set
+
+
+def test_script_prints_one_line_errors():
+    r = subprocess.run([sys.executable, "data.py", "nosuch"], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.abspath(data.__file__)))
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: unknown dataset 'nosuch'; known: peta, pa100k, rapv1, rapv2, wider, peta_zs, rap_zs, csv, synth"]
+
+
+def test_synth_command_redraws(tmp_path, capsys):
+    data.main(["synth", f"--root={tmp_path / 's'}", "--n=20", "--seed=1"])
+    out = capsys.readouterr().out
+    assert out.startswith("synth: 20 images, 22 attributes; train 16, val 2, test 2") and "Female" in out
+    with pytest.raises(ValueError, match="--n and --seed take whole numbers"):
+        data.main(["synth", f"--root={tmp_path / 's'}", "--n=many"])
