@@ -42,6 +42,7 @@ class CLIPConfig:
     vision_width: int = 768
     vision_heads: int = 12        # released models use heads of 64 channels: width // 64
     vision_patch_size: int = 32
+    vision_stem: int = 0          # 3x3 stride-2 convolutions before the patch projection; 0 in every released model
     # text encoder
     context_length: int = 77
     vocab_size: int = 49408
@@ -108,10 +109,16 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, resolution, patch_size, width, layers, heads, output_dim):
+    def __init__(self, resolution, patch_size, width, layers, heads, output_dim, stem=0):
         super().__init__()
         scale = width ** -0.5
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        # CLIP cuts the image into patches with one strided convolution (conv1). A small model trained from scratch
+        # learns far faster with a few convolutions first (Xiao et al. 2021, "Early convolutions help transformers
+        # see better"); each halves the resolution and doubles the channels up to the width; conv1 does the rest.
+        chans = [3] + [width >> (stem - 1 - i) for i in range(stem)]
+        self.stem = nn.Sequential(*[m for c_in, c_out in zip(chans, chans[1:]) for m in (
+            nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())])
+        self.conv1 = nn.Conv2d(chans[-1], width, kernel_size=patch_size >> stem, stride=patch_size >> stem, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = nn.LayerNorm(width)
@@ -120,7 +127,7 @@ class VisionTransformer(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def forward(self, x, all_tokens=False):
-        x = self.conv1(x)                                     # (B, C, grid, grid)
+        x = self.conv1(self.stem(x))                          # (B, C, grid, grid)
         x = x.flatten(2).transpose(1, 2)                      # (B, grid^2, C)
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding  # (B, N, C)
@@ -135,7 +142,7 @@ class CLIP(nn.Module):
         super().__init__()
         c = self.config = config
         self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
-                                        c.vision_heads, c.embed_dim)
+                                        c.vision_heads, c.embed_dim, c.vision_stem)
         self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads, causal=True)
         self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))

@@ -223,3 +223,18 @@ def test_wrong_shape():
     with pytest.raises(ValueError, match=r"key 'transformer.resblocks.0.mlp.c_fc.bias' has shape \(100,\), "
                                          r"expected \(2048,\)"):
         clip.build_model(sd)
+
+
+def test_conv_stem_keeps_the_token_grid():
+    # the small from-scratch model's stem: three stride-2 convolutions, then conv1 covers the rest of the patch
+    config = clip.CLIPConfig(embed_dim=32, image_resolution=64, vision_layers=1, vision_width=64, vision_heads=2,
+                             vision_patch_size=16, vision_stem=3, transformer_width=64, transformer_heads=1,
+                             transformer_layers=1)
+    model = clip.CLIP(config).eval()
+    assert model.visual.conv1.kernel_size == (2, 2) and model.visual.conv1.in_channels == 64
+    assert [m.out_channels for m in model.visual.stem if isinstance(m, nn.Conv2d)] == [16, 32, 64]
+    with torch.no_grad():
+        assert model.encode_image(torch.randn(2, 3, 64, 64), all_tokens=True).shape == (2, 1 + 4 * 4, 32)
+    # released models have no stem, so their state dicts gain no keys
+    assert not [k for k in clip.CLIP(clip.CLIPConfig(vision_layers=1, transformer_layers=1)).state_dict()
+                if k.startswith("visual.stem")]
