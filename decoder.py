@@ -151,20 +151,21 @@ class SequencePAR(nn.Module):
         if pos_rates is not None:
             weight[N_SPECIAL:] = torch.exp(1 - torch.as_tensor(pos_rates, dtype=torch.float))
         self.register_buffer("loss_weight", weight)
-        # nanoGPT's initialisation, on the decoder only: CLIP keeps its own (possibly pretrained) weights
-        for module in [self.transformer, self.lm_head]:
-            module.apply(self._init_weights)
+        # Initialisation of the decoder only (CLIP keeps its own, possibly pretrained, weights). Linear layers get
+        # std D^-0.5 as in CLIP's transformers, so activations stay of order one at any width; nanoGPT's fixed 0.02
+        # is that only for D ~ 2500, and left a 128-wide decoder deaf to the image for hundreds of steps.
+        for module in self.transformer.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=D ** -0.5)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
         for name, p in self.transformer.named_parameters():
-            if name.endswith("c_proj.weight"):  # residual projections shrink with depth
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(3 * config.n_layer))
+            if name.endswith("c_proj.weight"):  # the three residual branches of each block shrink with depth
+                nn.init.normal_(p, std=D ** -0.5 / math.sqrt(3 * config.n_layer))
+        nn.init.normal_(self.lm_head.weight, std=0.02)  # near-uniform first predictions
         self._text_cache = None
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def train(self, mode=True):
         self._text_cache = None  # the text encoder is about to change (or just did)
@@ -173,13 +174,19 @@ class SequencePAR(nn.Module):
     def token_table(self):
         """(V, D) embedding of every id: the learned specials, then the CLIP text features of the prompts."""
         if self.training or torch.is_grad_enabled():
-            return torch.cat([self.transformer.wte.weight, self.clip.encode_text(self.prompt_tokens)])
+            return self._token_table()
         # In inference the prompts are encoded once per model. The key notices any in-place change of the text
         # weights (load_state_dict, an optimizer step), so the cache can never go stale.
         key = tuple((p.data_ptr(), p._version) for p in self.parameters())
         if self._text_cache is None or self._text_cache[0] != key:
-            self._text_cache = key, torch.cat([self.transformer.wte.weight, self.clip.encode_text(self.prompt_tokens)])
+            self._text_cache = key, self._token_table()
         return self._text_cache[1]
+
+    def _token_table(self):
+        # Every token is a unit vector, as CLIP compares its features. Raw text features are ~50x larger than the
+        # decoder's other embeddings, and in a pre-norm stack such a token would drown what the blocks add to it:
+        # the image would hardly reach the logits.
+        return F.normalize(torch.cat([self.transformer.wte.weight, self.clip.encode_text(self.prompt_tokens)]), dim=-1)
 
     def decode(self, idx, kvs, table, cache=None, start=0):
         # idx (B, T): ids at positions start .. start + T - 1; kvs: per layer, the image tokens' keys and values
