@@ -1,0 +1,202 @@
+"""
+Predict the attributes of people in photos with a trained SequencePAR checkpoint.
+
+    python sample.py img.jpg [more.jpg a/folder ...] [--ckpt=out/ckpt.pt] [--json] [--out=DIR] [--attention=True]
+
+Prints, per image, the attributes the model emits with the probability it gave each. --json prints one JSON
+document instead; --out=DIR writes each image with its attributes beside it; --attention=True also writes, per
+emitted attribute, where the decoder looked: its cross-attention over the image patches (--layers=last or all).
+"""
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+import clip
+from data import build_transform
+from decoder import DecoderConfig, SequencePAR, labels_to_targets
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+OPTIONS = dict(ckpt="out/ckpt.pt", json=False, out="", attention=False, layers="last", beam_size=1, batch_size=64,
+               workers=2, device="auto")
+
+
+def load_model(path, device="cpu"):
+    """A SequencePAR rebuilt from a train.py checkpoint alone, with its attribute names, in eval mode."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found (train one with train.py, or pass --ckpt=PATH)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model = SequencePAR(clip.CLIP(clip.CLIPConfig(**ckpt["clip_config"])), ckpt["prompts"],
+                            DecoderConfig(**ckpt["decoder_config"]))
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError) as e:  # not ours, or from another version of the model
+        raise ValueError(f"{path} is not a SequencePAR checkpoint of train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
+    return model.to(device).eval(), ckpt["attr_names"]
+
+
+def find_images(inputs):
+    paths = []
+    for p in inputs:
+        if os.path.isdir(p):
+            paths += sorted(os.path.join(d, f) for d, _, files in os.walk(p) for f in files
+                            if f.lower().endswith(IMAGE_EXTENSIONS))
+        else:
+            paths.append(p)  # a missing or unreadable file is reported when it is read, with the others going on
+    return paths
+
+
+class Images(torch.utils.data.Dataset):
+    # (index, image tensor) or (index, error message): one bad image must not stop a folder of thousands
+    def __init__(self, paths, size):
+        self.paths, self.transform = paths, build_transform(size, train=False)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            with Image.open(self.paths[i]) as img:
+                return i, self.transform(img.convert("RGB"))
+        except FileNotFoundError:
+            return i, f"{self.paths[i]} not found"
+        except (OSError, ValueError) as e:
+            return i, f"cannot read image {self.paths[i]}: {e}"
+
+
+def collate(items):
+    good = [(i, x) for i, x in items if torch.is_tensor(x)]
+    return ([i for i, _ in good], torch.stack([x for _, x in good]) if good else None,
+            [(i, x) for i, x in items if not torch.is_tensor(x)])
+
+
+@torch.no_grad()
+def attention_maps(model, images, pred, layers="last"):
+    """(B, A + 1, grid, grid): for each output position, the decoder's cross-attention over the image patches
+    (class token dropped), averaged over heads and over the last or all layers, with the predictions fed back in."""
+    seen = []
+
+    def hook(module, inputs, output):
+        x, (k, _) = inputs
+        B, T, D = x.shape
+        q = module.c_q(x).view(B, T, module.n_head, D // module.n_head).transpose(1, 2)
+        seen.append((q @ k.transpose(-2, -1) / k.shape[-1] ** 0.5).softmax(-1).mean(1))  # (B, T, N)
+
+    blocks = model.transformer.h if layers == "all" else model.transformer.h[-1:]
+    handles = [b.cross_attn.register_forward_hook(hook) for b in blocks]
+    try:
+        model.decode(labels_to_targets(pred)[:, :-1], model.encode(images), model.token_table())
+    finally:
+        for h in handles:
+            h.remove()
+    att = torch.stack(seen).mean(0)[:, :, 1:]  # (B, T, N - 1)
+    grid = int(att.shape[-1] ** 0.5)
+    return att.view(*att.shape[:2], grid, grid)
+
+
+def draw_labels(path, items, height=256):
+    # the image, and a column listing its attributes and their probabilities
+    img = Image.open(path).convert("RGB")
+    img = img.resize((max(1, round(img.width * height / img.height)), height))
+    canvas = Image.new("RGB", (img.width + 260, height), "white")
+    canvas.paste(img, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, (name, p) in enumerate(items or [("(no attribute)", None)]):
+        draw.text((img.width + 10, 8 + 14 * k), name if p is None else f"{p:.2f}  {name}", fill="black")
+    return canvas
+
+
+def draw_attention(image, maps, names, tile=128):
+    # one tile per emitted attribute: the (square-padded) input with its attention map as a red overlay
+    base = image.resize((tile, tile))
+    tiles = []
+    for m, name in zip(maps, names):
+        m = F.interpolate(m[None, None], size=(tile, tile), mode="bilinear", align_corners=False)[0, 0]
+        m = ((m - m.min()) / (m.max() - m.min() + 1e-8) * 255).byte().numpy()
+        heat = Image.merge("RGB", [Image.fromarray(m), Image.new("L", (tile, tile)), Image.new("L", (tile, tile))])
+        t = Image.blend(base, heat, 0.5)
+        ImageDraw.Draw(t).text((3, 3), name[:20], fill="white")
+        tiles.append(t)
+    cols = min(len(tiles), 6) or 1
+    sheet = Image.new("RGB", (cols * tile, max(1, -(-len(tiles) // cols)) * tile))
+    for k, t in enumerate(tiles):
+        sheet.paste(t, ((k % cols) * tile, (k // cols) * tile))
+    return sheet
+
+
+def parse_args(argv):
+    opts, inputs = dict(OPTIONS), []
+    for arg in argv:
+        if not arg.startswith("--"):
+            inputs.append(arg)
+            continue
+        key, eq, text = arg[2:].partition("=")
+        if key not in opts:
+            raise ValueError(f"unknown option --{key}; valid options: {', '.join('--' + k for k in opts)}")
+        if key == "json" and not eq:
+            text = "True"
+        kind = type(OPTIONS[key])
+        value = text if kind is str else {"True": True, "False": False}.get(text) if kind is bool else (
+            int(text) if text.isdigit() else None)
+        if value is None or (key == "layers" and value not in ("last", "all")):
+            raise ValueError(f"--{key}={text}: expected " + ("last or all" if key == "layers" else f"a {kind.__name__}"))
+        opts[key] = value
+    if not inputs:
+        raise ValueError("no images given: python sample.py img.jpg [more images or folders] [--ckpt=out/ckpt.pt]")
+    return opts, inputs
+
+
+def main(argv):
+    opts, inputs = parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if opts["device"] == "auto" else opts["device"]
+    model, names = load_model(opts["ckpt"], device)
+    paths = find_images(inputs)
+    size = model.clip.config.image_resolution
+    loader = torch.utils.data.DataLoader(Images(paths, size), opts["batch_size"], num_workers=opts["workers"],
+                                         collate_fn=collate)
+    results, failed = {}, {}
+    if opts["attention"] and not opts["out"]:
+        opts["out"] = os.path.join("out", "samples")
+    if opts["out"]:
+        os.makedirs(opts["out"], exist_ok=True)
+    for idx, images, errors in loader:
+        failed.update(errors)
+        if images is None:
+            continue
+        images = images.to(device)
+        pred, scores = model.generate(images, beam_size=opts["beam_size"])
+        maps = attention_maps(model, images, pred, opts["layers"]) if opts["attention"] else None
+        for b, i in enumerate(idx):
+            emitted = pred[b].nonzero().flatten().tolist()  # in id order, the order they were generated in
+            results[i] = [(names[j], scores[b, j].item()) for j in emitted]
+            if opts["out"]:
+                stem = os.path.join(opts["out"], f"{i:05d}_" + os.path.splitext(os.path.basename(paths[i]))[0])
+                draw_labels(paths[i], results[i]).save(stem + ".png")
+                if maps is not None:
+                    # position k - 1 is where the k-th emitted attribute was chosen
+                    shown = images[b].new_tensor(clip.STD)[:, None, None] * images[b] + images[b].new_tensor(clip.MEAN)[:, None, None]
+                    shown = Image.fromarray((shown.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy())
+                    draw_attention(shown, maps[b, :len(emitted)].cpu(), [names[j] for j in emitted]).save(stem + "_attention.png")
+    if opts["json"]:
+        print(json.dumps([dict(image=p, attributes=dict(results[i])) if i in results else dict(image=p, error=failed[i])
+                          for i, p in enumerate(paths)], indent=1))
+    else:
+        for i, p in enumerate(paths):
+            if i in results:
+                print(p + "".join(f"\n  {prob:.2f}  {name}" for name, prob in results[i]) if results[i] else
+                      f"{p}\n  (no attribute)")
+    for i in sorted(failed):
+        print(f"error: {failed[i]}", file=sys.stderr)
+    if opts["out"]:
+        print(f"pictures written to {opts['out']}/", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,51 @@
+"""Shared fixtures: a small synthetic set, a tiny CLIP saved as a state dict, and one short training run."""
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import clip  # noqa: E402
+import data  # noqa: E402
+
+TINY = clip.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_heads=1,
+                       vision_patch_size=8, transformer_width=64, transformer_heads=1, transformer_layers=2)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synth") / "synth")
+    data.make_synthetic(root, 320, seed=3, workers=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_file(tmp_path_factory):
+    # heads = width // 64, as build_model infers them from a state dict
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("clip") / "tiny_clip.pt")
+    torch.save(clip.CLIP(TINY).state_dict(), path)
+    return path
+
+
+def tiny_args(synth_root, clip_file, out_dir, *extra):
+    return [f"--dataset=synth", f"--root={synth_root}", f"--clip={clip_file}", f"--out_dir={out_dir}", "--epochs=2",
+            "--batch_size=32", "--time_budget=0.0", "--warmup_epochs=0.2", "--log_interval=1", "--workers=0",
+            "--lr=3e-3", *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_root, tiny_clip_file, tmp_path_factory):
+    """One short run of train.main (2 epochs of 8 steps): its output folder and what it printed."""
+    import io
+    from contextlib import redirect_stdout
+
+    import train
+    out = str(tmp_path_factory.mktemp("run"))
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        result = train.main(tiny_args(synth_root, tiny_clip_file, out))
+    return out, buf.getvalue(), result

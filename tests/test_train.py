@@ -1,0 +1,148 @@
+"""train.py: the metrics on hand-computed cases, the config, a tiny end-to-end run, resume, DDP, and the errors."""
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from conftest import ROOT, tiny_args
+
+
+def test_metrics_by_hand():
+    gt = [[1, 0, 1], [0, 0, 0], [1, 1, 0], [1, 0, 0]]
+    pred = [[1, 1, 0], [0, 0, 0], [1, 1, 0], [1, 1, 1]]
+    m = train.metrics(np.array(gt), np.array(pred))
+    # per attribute (pos recall + neg recall) / 2: (1 + 1) / 2, (1 + 1/3) / 2, (0 + 2/3) / 2
+    assert m["mA"] == pytest.approx(100 * (1 + 2 / 3 + 1 / 3) / 3)
+    # per sample I/U: 1/3, 0 (empty gt and pred: 0 / eps), 1, 1/3
+    assert m["Acc"] == pytest.approx(100 * 5 / 12)
+    assert m["Prec"] == pytest.approx(100 * (1 / 2 + 0 + 1 + 1 / 3) / 4)
+    assert m["Rec"] == pytest.approx(100 * (1 / 2 + 0 + 1 + 1) / 4)
+    assert m["F1"] == pytest.approx(100 * (1 / 2 + 0 + 1 + 1 / 2) / 4)
+    prec, rec = 11 / 24, 5 / 8
+    assert m["F1_hm"] == pytest.approx(100 * 2 * prec * rec / (prec + rec))
+    assert list(m) == ["mA", "Acc", "Prec", "Rec", "F1", "F1_hm"]
+
+
+def test_metrics_eps_edge_cases():
+    # an attribute no sample has: its positive recall is 0 / eps = 0, so it scores at most 50
+    gt = np.array([[0, 1], [0, 0]])
+    m = train.metrics(gt, gt)
+    assert m["mA"] == pytest.approx(100 * (0.5 + 1.0) / 2)
+    # a sample with no prediction: precision 0 / eps = 0, not a division error; no negatives: neg recall 0 too
+    m = train.metrics(np.array([[1, 1]]), np.array([[0, 0]]))
+    assert m == {"mA": 0.0, "Acc": 0.0, "Prec": 0.0, "Rec": 0.0, "F1": 0.0, "F1_hm": 0.0}
+    m = train.metrics(np.ones((3, 4)), np.ones((3, 4)))
+    assert m["Acc"] == pytest.approx(100) and m["F1"] == pytest.approx(100) and m["mA"] == pytest.approx(50)
+
+
+def test_config_overrides():
+    cfg = train.parse_config(["--dataset=pa100k", "--lr=1", "--resume=True", "--clip=ViT-B/16", "--root=data/x"])
+    assert cfg.lr == 1.0 and type(cfg.lr) is float and cfg.resume is True and cfg.clip == "ViT-B/16"
+    assert cfg.epochs == 50 and cfg.batch_size == 32 and cfg.weight_decay == 1e-4  # the paper's recipe
+    synth = train.parse_config(["--dataset=synth", "--lr=0.01"])
+    assert synth.clip == "tiny" and synth.time_budget > 0 and synth.lr == 0.01  # synth defaults, then overrides
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nope=1"], r"unknown option --nope; valid options: dataset, root, .*, seed"),
+    (["--lr=fast"], r"--lr=fast: expected a float"),
+    (["--epochs=2.5"], r"--epochs=2.5: expected a int"),
+    (["--resume=yes"], r"--resume=yes: expected a bool"),
+    (["lr=1"], r"bad argument 'lr=1': expected --key=value"),
+])
+def test_bad_overrides(argv, message):
+    with pytest.raises(ValueError, match=message):
+        train.parse_config(argv)
+
+
+def losses(log):
+    return [float(x) for x in re.findall(r"\| loss ([0-9.]+) \|", log)]
+
+
+def test_end_to_end(trained_run):
+    out, log, result = trained_run
+    assert "synth: 320 images, 22 attributes; train 256, val 32, test 32; model selection on val" in log
+    values = losses(log)
+    assert len(values) == 16 and np.mean(values[-4:]) < 0.9 * np.mean(values[:4])  # the loss falls
+    assert log.count("eval step") == 2 and "test (best on val" in log
+    assert set(result) == {"mA", "Acc", "Prec", "Rec", "F1", "F1_hm"}
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)  # tensors and plain values only
+    last = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert last["step"] == 16 and "optimizer" in last and "optimizer" not in ckpt
+    assert ckpt["config"]["dataset"] == "synth" and len(ckpt["attr_names"]) == 22 == len(ckpt["prompts"])
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_resume_continues(trained_run, synth_root, tiny_clip_file, tmp_path, capsys):
+    out, _, _ = trained_run
+    for f in ("last.pt", "ckpt.pt"):
+        os.link(os.path.join(out, f), tmp_path / f)
+    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path, "--epochs=3", "--resume=True"))
+    log = capsys.readouterr().out
+    assert "resumed from" in log and "at step 16" in log
+    steps = [int(s) for s in re.findall(r"^step (\d+)/24", log, re.M)]
+    assert steps == list(range(17, 25))  # only the third epoch is trained
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 24
+
+
+def test_resume_refuses_another_attribute_set(trained_run, tmp_path, tiny_clip_file):
+    out, _, _ = trained_run
+    os.link(os.path.join(out, "last.pt"), tmp_path / "last.pt")
+    root = tmp_path / "other"
+    root.mkdir()
+    rows = ["image,split,hat,bag"] + [f"{i}.png,{s},1,0" for i, s in enumerate(["train"] * 40 + ["test"] * 4)]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    from PIL import Image
+    for i in range(44):
+        Image.new("RGB", (8, 16)).save(root / f"{i}.png")
+    with pytest.raises(ValueError, match=r"last.pt was trained on 22 other attributes \(Female, .*\) than this "
+                                         r"dataset's 2; use another --out_dir"):
+        train.main([f"--dataset=csv", f"--root={root}", f"--clip={tiny_clip_file}", f"--out_dir={tmp_path}",
+                    "--resume=True", "--workers=0"])
+
+
+def run_script(*args, env=None):
+    # in its own process group, so that a hang kills torchrun's workers too, not only the launcher
+    p = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def test_script_errors_are_one_line(tmp_path):
+    r = run_script("train.py", "--nope=1")
+    assert r.returncode == 1 and r.stderr.startswith("error: unknown option --nope") and r.stderr.count("\n") == 1
+    r = run_script("train.py", "--dataset=peta", f"--root={tmp_path / 'peta'}")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert re.match(r"error: .*PETA.mat not found: the peta reader expects .* published at http", r.stderr)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synth_root, tiny_clip_file, tmp_path):
+    with pytest.raises(FloatingPointError, match=r"loss became nan .* at step \d+; stopped, the last good checkpoint "
+                                                 r"is .*last.pt"):
+        train.main(tiny_args(synth_root, tiny_clip_file, tmp_path, "--lr=1e30", "--grad_clip=0.0",
+                             "--warmup_epochs=0.0"))
+
+
+def test_ddp_with_gloo(synth_root, tiny_clip_file, tmp_path):
+    args = tiny_args(synth_root, tiny_clip_file, tmp_path, "--epochs=1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("config:") == 1  # only rank 0 logs
+    assert re.search(r"^step 8/8 ", r.stdout, re.M) and "test (best on val" in r.stdout
+    import sample
+    model, names = sample.load_model(str(tmp_path / "ckpt.pt"))
+    assert len(names) == 22
+    pred, _ = model.generate(torch.randn(2, 3, 32, 32))
+    assert pred.shape == (2, 22)
