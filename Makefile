@@ -1,5 +1,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
+# a few images of the synthetic test split (the last 10% of data/synth)
+DEMO_IMAGES := data/synth/images/036000.png data/synth/images/036001.png data/synth/images/036002.png data/synth/images/036003.png
 
 .PHONY: test demo bench clean
 
@@ -12,6 +14,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# draw the synthetic set, train a tiny CLIP + decoder from scratch on the CPU, then predict a few test images
+demo: $(STAMP)
+	$(PY) data.py synth
+	$(PY) train.py --dataset=synth
+	$(PY) sample.py $(DEMO_IMAGES) --ckpt=out/ckpt.pt --out=out/samples --attention=True
+
+bench: $(STAMP)
+	$(PY) bench.py
 
 clean:
 	rm -rf .venv .pytest_cache
