@@ -113,6 +113,7 @@ def prompt_for(name):
 def _loadmat(path):
     try:
         return scipy.io.loadmat(path)
+    # scipy raises NotImplementedError for MATLAB v7.3 (HDF5) files: re-saved annotations, not the published ones
     except (ValueError, TypeError, OSError, NotImplementedError, scipy.io.matlab.MatReadError) as e:
         raise ValueError(f"{path}: cannot read it as a MATLAB v5 file ({e})") from None
 
