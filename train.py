@@ -269,9 +269,10 @@ def main(argv):
                 # without a validation split the last model is the selected one: choosing on test would flatter it
                 improved = m["mA"] > best or eval_split == "test"
                 best = max(best, m["mA"])
-                save_checkpoint(checkpoint(m), last_path)
+                state = checkpoint(m)
+                save_checkpoint(state, last_path)
                 if improved:
-                    save_checkpoint({k: v for k, v in checkpoint(m).items() if k != "optimizer"}, best_path)
+                    save_checkpoint({k: v for k, v in state.items() if k != "optimizer"}, best_path)
                 log(f"eval step {step} epoch {step / iters_per_epoch:.2f}: {eval_split} {format_metrics(m)}"
                     + (f" | best, saved {best_path}" if improved else f" | best mA {best:.2f}"))
             if ddp:
