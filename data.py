@@ -1,6 +1,6 @@
 """
-Pedestrian attribute datasets: readers for the files as their owners distribute them, the image transform, a
-torch Dataset, and a synthetic set that we draw ourselves so the demo runs anywhere.
+Pedestrian attribute datasets: readers for the files as their owners distribute them, the image transform, and a
+torch Dataset. The synthetic set of the demo is drawn by synth.py and read here like any csv folder.
 
 Every reader returns the same small record (PARData): N image paths, an (N, A) uint8 label matrix in {0, 1}, the
 A attribute names in dataset column order (the order of the target sequence), one prompt sentence per attribute,
@@ -9,15 +9,10 @@ Shapes: N images, A attributes.
 """
 import csv
 import functools
-import math
-import multiprocessing
 import os
 import pickle
-import random
 import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -25,8 +20,9 @@ import numpy as np
 import scipy.io
 import torch
 import torchvision.transforms as T
-from PIL import Image, ImageDraw
+from PIL import Image
 
+import synth
 from clip import MEAN, STD
 
 
@@ -276,7 +272,7 @@ DATASETS = {  # name: (reader, annotation file under the root, what the root hol
                "dataset_zs_run0.pkl and RAP_dataset/", ZS + RAP_URL),
     "csv": (read_csv, "labels.csv", "labels.csv (header image,split,<attr1>,... then one row of 0/1 cells per image, "
             "image paths relative to the folder) and the images", "see read_csv in data.py"),
-    "synth": (read_csv, "labels.csv", "labels.csv and images/", "make_synthetic in data.py draws it"),
+    "synth": (read_csv, "labels.csv", "labels.csv and images/", "python synth.py draws it"),
 }
 
 
@@ -288,9 +284,9 @@ def load_dataset(name, root=None):
     root = root or os.path.join("data", name)
     path = os.path.join(root, ann)
     if name == "synth" and not os.path.exists(path):
-        print(f"synth: {path} not found, drawing {SYNTH_N} images into {root} ...", end=" ", flush=True)
+        print(f"synth: {path} not found, drawing {synth.N} images into {root} ...", end=" ", flush=True)
         t0 = time.time()
-        make_synthetic(root, SYNTH_N, seed=0)
+        synth.make_synthetic(root, synth.N, seed=0)
         print(f"done in {time.time() - t0:.0f} s")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: the {name} reader expects {holds} under {root}; {where}")
@@ -353,193 +349,6 @@ class PARImages(torch.utils.data.Dataset):
         return self.transform(img), self.labels[i]
 
 # -----------------------------------------------------------------------------
-# the synthetic set (DESIGN section 5): stylised pedestrians drawn with Pillow, labels sampled like real data
-
-SYNTH_ATTRS = ["Female", "AgeLess18", "Age18-60", "AgeOver60", "Front", "Back", "Side", "Hat", "Glasses", "LongHair",
-               "Backpack", "HandBag", "ShoulderBag", "ShortSleeve", "LongSleeve", "UpperStripe", "UpperLogo",
-               "LongCoat", "Trousers", "Shorts", "Skirt", "Boots"]
-SYNTH_GROUPS = [("AgeLess18", "Age18-60", "AgeOver60"), ("Front", "Back", "Side"), ("ShortSleeve", "LongSleeve"),
-                ("Trousers", "Shorts", "Skirt")]  # exactly one attribute of each group holds
-SYNTH_N = 40_000  # DESIGN section 5: data volume, not epochs, decides what a small model learns here
-COLOURS = [(200, 30, 30), (30, 60, 190), (40, 150, 60), (230, 200, 40), (235, 235, 235), (25, 25, 25), (128, 128, 128),
-           (20, 30, 80), (110, 70, 40), (240, 130, 180), (120, 50, 150), (240, 130, 20)]
-HAIR = [(20, 15, 10), (60, 35, 20), (110, 70, 35), (200, 170, 90)]
-SKIN = [(250, 215, 180), (225, 180, 140), (180, 130, 90), (120, 80, 55)]
-
-
-def _synth_labels(r):  # one person's attributes, with dependencies and imbalance like those of real data
-    a = dict.fromkeys(SYNTH_ATTRS, False)
-    female = a["Female"] = r.random() < 0.45
-    age = r.choices(SYNTH_GROUPS[0], (0.2, 0.6, 0.2))[0]
-    view = r.choices(SYNTH_GROUPS[1], (0.4, 0.35, 0.25))[0]
-    a[age] = a[view] = True
-    child, old = age == "AgeLess18", age == "AgeOver60"
-    a["LongHair"] = r.random() < (0.75 if female else 0.07)
-    a["Hat"] = r.random() < (0.3 if old else 0.1)
-    a["Glasses"] = view != "Back" and r.random() < (0.3 if old else 0.06)  # nobody can see glasses from behind
-    a["LongCoat"] = r.random() < (0.2 if old else 0.06)
-    a["LongSleeve"] = a["LongCoat"] or r.random() < 0.55
-    a["ShortSleeve"] = not a["LongSleeve"]
-    a["Skirt"] = r.random() < (0.45 if female else 0.01)
-    a["Shorts"] = not a["Skirt"] and not a["LongCoat"] and r.random() < (0.08 if a["LongSleeve"] else 0.45)
-    a["Trousers"] = not a["Skirt"] and not a["Shorts"]
-    a["Boots"] = r.random() < (0.3 if a["Skirt"] else 0.02 if a["Shorts"] else 0.12)
-    a["Backpack"] = r.random() < (0.5 if child else 0.04 if old else 0.18)
-    a["ShoulderBag"] = r.random() < (0.04 if a["Backpack"] else 0.2)
-    a["HandBag"] = r.random() < (0.25 if female else 0.03)
-    a["UpperStripe"] = r.random() < (0.3 if child else 0.12)
-    a["UpperLogo"] = r.random() < (0.3 if child else 0.12)
-    return a
-
-
-def _jitter(r, c, k=25):
-    return tuple(min(255, max(0, v + r.randint(-k, k))) for v in c)
-
-
-def _box(d, x0, y0, x1, y1, fill, **kw):  # a rectangle given by any two corners
-    d.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), fill=fill, **kw)
-
-
-def _synth_image(r, a, rng):  # person `a` on a street-like background, drawn at 128x64, stored at 64x32
-    W, H = 64, 128
-    grad = np.linspace([r.randint(30, 225) for _ in "rgb"], [r.randint(30, 225) for _ in "rgb"], H)
-    img = Image.fromarray(np.repeat(grad[:, None, :], W, axis=1).astype(np.uint8))
-    d = ImageDraw.Draw(img)
-    for _ in range(r.randint(1, 5)):  # walls, windows, cars
-        x, y = r.randint(-20, W), r.randint(-20, H)
-        _box(d, x, y, x + r.randint(6, 40), y + r.randint(6, 60), _jitter(r, (128, 128, 128), 100))
-    child, old, female, side = a["AgeLess18"], a["AgeOver60"], a["Female"], a["Side"]
-    h = H * (r.uniform(0.55, 0.7) if child else r.uniform(0.78, 0.94))  # body height: children are smaller
-    feet, cx = r.uniform(h + 2, H - 2), W / 2 + r.uniform(-7, 7)
-    _box(d, 0, feet - r.uniform(0, 8), W, H, _jitter(r, (90, 90, 90), 50))  # the ground
-    top, hh = feet - h, h * (0.2 if child else 0.14)  # head height: a child's head is large for its body
-    hw, neck = hh * 0.8, top + hh
-    sw = h * (0.27 if child else 0.25 if female else 0.29) * (0.6 if side else 1)  # shoulders: women's are narrower
-    hip = neck + (feet - neck) * 0.42
-    knee, x0, x1 = hip + (feet - hip) * 0.5, cx - sw / 2, cx + sw / 2  # x0..x1: the torso
-    face = r.choice((-1, 1)) if side else 0  # side views face left or right, so a flip keeps every label true
-    skin = _jitter(r, r.choice(SKIN), 10)
-    hair = _jitter(r, (190, 190, 190), 30) if old and r.random() < 0.85 else _jitter(r, r.choice(HAIR), 15)
-    upper = _jitter(r, r.choice(COLOURS[9:11] if female and r.random() < 0.4 else COLOURS))  # a weak cue to Female
-    lower, bag = _jitter(r, r.choice(COLOURS)), _jitter(r, r.choice(COLOURS), 40)
-    contrast = (245, 245, 235) if sum(upper) < 400 else (15, 15, 25)  # for stripes and logos
-    if a["LongHair"] and not a["Back"]:  # behind the head and shoulders
-        _box(d, cx - hw * (0.68 + face * 0.3), top + hh * 0.3, cx + hw * (0.68 - face * 0.3), neck + h * 0.11, hair)
-    if a["Backpack"] and a["Front"]:  # from the front only its edges and straps show
-        _box(d, x0 - 2, neck + 3, x1 + 2, hip - 4, bag)
-    if a["Backpack"] and side:
-        _box(d, cx - face * sw / 2, neck + h * 0.03, cx - face * (sw / 2 + h * 0.1), hip - h * 0.03, bag)
-    hidden_handbag = a["HandBag"] and r.random() < 0.5  # mostly behind the body: a weakly visible attribute
-    if hidden_handbag:
-        _box(d, x1 - sw * 0.3, hip - h * 0.03, x1 + h * 0.03, hip + h * 0.09, bag)
-    lw = sw * (0.75 if side else 0.4)
-    for left in ([cx - lw / 2] if side else [cx - lw - 1, cx + 1]):  # legs, then what covers them
-        _box(d, left, hip, left + lw, feet, skin)
-        if a["Trousers"] or a["Shorts"]:
-            _box(d, left, hip, left + lw, feet - h * 0.03 if a["Trousers"] else knee - h * 0.02, lower)
-        shoe = _jitter(r, (40, 30, 25), 20) if a["Boots"] else _jitter(r, r.choice(COLOURS[4:9]), 20)
-        toe = (min(face, 0) * 3, max(face, 0) * 3)  # shoes stick out forwards
-        _box(d, left - 1 + toe[0], feet - h * (0.14 if a["Boots"] else 0.03), left + lw + 1 + toe[1], feet, shoe)
-    if a["Skirt"]:
-        bottom = knee + h * r.uniform(-0.04, 0.08)
-        d.polygon([(x0 + sw * 0.1, hip - 2), (x1 - sw * 0.1, hip - 2), (x1 + sw * 0.1, bottom),
-                   (x0 - sw * 0.1, bottom)], fill=lower)
-    end = knee + h * 0.06 if a["LongCoat"] else hip + h * 0.03
-    d.polygon([(x0, neck), (x1, neck), (x1 + (end - hip) * 0.15, end), (x0 - (end - hip) * 0.15, end)], fill=upper)
-    for y in np.arange(neck + 3, end - 2, 7) if a["UpperStripe"] else []:
-        _box(d, x0, y, x1, y + 3, contrast)
-    if a["UpperLogo"]:
-        lx, ly, s = cx + face * sw * 0.15, neck + (hip - neck) * 0.3, h * 0.05
-        _box(d, lx - s, ly - s, lx + s, ly + s, contrast)
-    if a["Backpack"] and a["Back"]:
-        _box(d, x0 + sw * 0.12, neck + h * 0.03, x1 - sw * 0.12, hip - h * 0.02, bag, outline=(20, 20, 20))
-    for sx in (cx - sw * 0.3, cx + sw * 0.3) if a["Backpack"] and a["Front"] else []:  # straps
-        _box(d, sx - 1.5, neck, sx + 1.5, neck + (hip - neck) * 0.55, bag)
-    if a["ShoulderBag"]:  # a strap across the chest, the bag at the opposite hip
-        sgn = face or r.choice((-1, 1))
-        d.line((cx - sgn * sw * 0.4, neck + 1, cx + sgn * sw * 0.5, hip - h * 0.02), fill=bag, width=3)
-        _box(d, cx + sgn * sw * 0.4, hip - h * 0.06, cx + sgn * (sw * 0.4 + h * 0.12), hip + h * 0.07, bag)
-    aw = h * 0.06  # arms: sleeves in the upper garment's colour, then skin
-    for ax in ([cx + face * sw * 0.1 - aw / 2] if side else [x0 - aw, x1]):
-        _box(d, ax, neck + 1, ax + aw, hip + h * 0.03, skin)
-        _box(d, ax, neck + 1, ax + aw, hip if a["LongSleeve"] else neck + (hip - neck) * 0.35, upper)
-    if a["HandBag"] and not hidden_handbag:  # in the hand
-        bx = cx + face * sw * 0.1 if side else x1 + aw / 2
-        _box(d, bx - h * 0.07, hip + h * 0.01, bx + h * 0.07, hip + h * 0.12, bag)
-    if old and r.random() < 0.35:  # a walking stick
-        d.line((x1 + aw / 2, hip + h * 0.02, x1 + aw / 2 + h * 0.05, feet), fill=(90, 60, 30), width=2)
-    hx, ey = cx + face * hw * 0.1, top + hh * 0.55
-    d.ellipse((hx - hw / 2, top, hx + hw / 2, neck), fill=hair if a["Back"] else skin)
-    if not a["Back"]:
-        d.chord((hx - hw / 2 - 1, top - 1, hx + hw / 2 + 1, top + hh * 0.8), 180, 360, fill=hair)
-        if side:  # the back of the head is hair too
-            _box(d, hx, top + hh * 0.3, hx - face * hw / 2, top + hh * 0.7, hair)
-        for ex in ([hx + face * hw * 0.28] if side else [hx - hw * 0.2, hx + hw * 0.2]):
-            _box(d, ex - 1, ey - 1, ex + 1, ey + 1, (30, 20, 20))
-        if a["Glasses"]:  # thin: small head details stay hard (DESIGN section 5)
-            gx0, gx1 = (hx + face * hw * 0.05, hx + face * hw * 0.52) if side else (hx - hw * 0.38, hx + hw * 0.38)
-            _box(d, gx0, ey - hh * 0.09, gx1, ey + hh * 0.09, (10, 10, 10))
-    if a["LongHair"] and a["Back"]:
-        _box(d, hx - hw * 0.6, top + hh * 0.4, hx + hw * 0.6, neck + h * 0.11, hair)
-    if a["Hat"]:  # a crown that raises the head's outline, and a brim
-        hat = _jitter(r, r.choice(COLOURS[:5] + COLOURS[9:]), 30)  # bright: hats are hard enough to see
-        _box(d, hx - hw * 0.45, top - hh * 0.3, hx + hw * 0.45, top + hh * 0.28, hat)
-        _box(d, hx - hw * (0.75 - 0.3 * face), top + hh * 0.16, hx + hw * (0.75 + 0.3 * face), top + hh * 0.32, hat)
-    if r.random() < 0.25:  # something in front of the person: a car, a bin, a bench
-        ox = r.uniform(-20, W - 10)
-        _box(d, ox, feet - h * r.uniform(0.1, 0.4), ox + r.uniform(15, 50), H, _jitter(r, (128,) * 3, 100))
-    if r.random() < 0.1:  # a pole
-        px = r.uniform(0, W)
-        _box(d, px, 0, px + r.uniform(3, 6), H, _jitter(r, (100,) * 3, 60))
-    x = np.asarray(img.reduce(2), dtype=np.float32) * r.uniform(0.7, 1.2)  # 2x2 averages anti-alias; lighting
-    x += rng.normal(0, r.uniform(1.5, 5), x.shape)  # sensor noise
-    return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
-
-
-def _synth_chunk(job):
-    folder, seed, n, start, stop = job
-    rows = []
-    for i in range(start, stop):
-        r = random.Random(f"{seed}/{i}")  # image i depends on (seed, i) only, not on which worker draws it
-        a = _synth_labels(r)
-        name = f"images/{i:06d}.png"
-        _synth_image(r, a, np.random.default_rng([seed, i])).save(os.path.join(folder, name))
-        split = "train" if i < 0.8 * n else "val" if i < 0.9 * n else "test"  # 80 / 10 / 10
-        rows.append([name, split] + [int(a[k]) for k in SYNTH_ATTRS])
-    return rows
-
-
-def make_synthetic(root, n, seed, workers=None):
-    """Draws n synthetic pedestrians into root/images/*.png and writes root/labels.csv and root/prompts.csv."""
-    root = os.path.abspath(root)
-    if os.path.isdir(root) and set(os.listdir(root)) - {"images", "labels.csv", "prompts.csv"}:
-        raise ValueError(f"{root} holds other files than a synthetic set; choose an empty or new folder")
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".synth-")  # filled, then renamed: a half-drawn set never loads
-    try:
-        os.mkdir(os.path.join(tmp, "images"))
-        workers = workers or os.cpu_count() or 1
-        size = max(1, min(500, math.ceil(n / (4 * workers))))  # several jobs a worker, so none waits on the last
-        jobs = [(tmp, seed, n, s, min(s + size, n)) for s in range(0, n, size)]
-        if workers > 1:
-            with multiprocessing.Pool(workers) as pool:
-                chunks = pool.map(_synth_chunk, jobs)
-        else:
-            chunks = [_synth_chunk(job) for job in jobs]
-        with open(os.path.join(tmp, "labels.csv"), "w", newline="") as f:
-            csv.writer(f).writerows([["image", "split"] + SYNTH_ATTRS] + [row for c in chunks for row in c])
-        with open(os.path.join(tmp, "prompts.csv"), "w", newline="") as f:
-            csv.writer(f).writerows([["attribute", "prompt"]] + [[k, prompt_for(k)] for k in SYNTH_ATTRS])
-        if os.path.isdir(root):  # a previous synthetic set: swap it out, then delete it
-            os.rename(root, tmp + "-old")
-        os.rename(tmp, root)
-        shutil.rmtree(tmp + "-old", ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-# -----------------------------------------------------------------------------
 
 
 def summary(name, data):
@@ -553,16 +362,10 @@ def summary(name, data):
 def main(argv):
     names = [x for x in argv if not x.startswith("--")]
     opts = dict(x[2:].partition("=")[::2] for x in argv if x.startswith("--"))
-    allowed = {"root", "n", "seed"} if names == ["synth"] else {"root"}
-    if len(names) != 1 or set(opts) - allowed or not all(opts.values()):
-        raise ValueError(f"usage: python data.py <name> [--root=DIR], or python data.py synth [--root=DIR] "
-                         f"[--n=N --seed=S to redraw]; got {' '.join(argv) or 'nothing'}")
-    root = opts.get("root")
-    if "n" in opts or "seed" in opts:
-        if not (opts.get("n", "0").isdigit() and opts.get("seed", "0").isdigit()):
-            raise ValueError(f"--n and --seed take whole numbers, got {opts}")
-        make_synthetic(root or os.path.join("data", "synth"), int(opts.get("n", SYNTH_N)), int(opts.get("seed", 0)))
-    print(summary(names[0], load_dataset(names[0], root)))
+    if len(names) != 1 or set(opts) - {"root"} or not all(opts.values()):
+        raise ValueError(f"usage: python data.py <name> [--root=DIR] (to draw the synthetic set anew: "
+                         f"python synth.py); got {' '.join(argv) or 'nothing'}")
+    print(summary(names[0], load_dataset(names[0], opts.get("root"))))
 
 
 if __name__ == "__main__":

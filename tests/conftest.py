@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import clip  # noqa: E402
-import data  # noqa: E402
+import synth  # noqa: E402
 
 TINY = clip.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_heads=1,
                        vision_patch_size=8, transformer_width=64, transformer_heads=1, transformer_layers=2)
@@ -18,7 +18,7 @@ TINY = clip.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, visio
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("synth") / "synth")
-    data.make_synthetic(root, 320, seed=3, workers=1)
+    synth.make_synthetic(root, 320, seed=3, workers=1)
     return root
 
 
