@@ -1,5 +1,7 @@
 """Shared fixtures: a small synthetic set, a tiny CLIP saved as a state dict, and one short training run."""
 import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -49,3 +51,36 @@ def trained_run(synth_root, tiny_clip_file, tmp_path_factory):
     with redirect_stdout(buf):
         result = train.main(tiny_args(synth_root, tiny_clip_file, out))
     return out, buf.getvalue(), result
+
+
+def write_png(path, pixels, bit_depth=8, size=None):
+    """A PNG written byte by byte (Pillow cannot write 16-bit colour): pixels (H, W, 3) or (H, W) in 0..2^bit_depth-1;
+    size=(width, height) overrides the header, to make a file that claims to be huge."""
+    import struct
+    import zlib
+
+    import numpy as np
+    pixels = np.asarray(pixels)
+    height, width = pixels.shape[:2]
+    width, height = size or (width, height)
+    rows = b"".join(b"\x00" + row.astype(">u2" if bit_depth == 16 else "u1").tobytes() for row in pixels)
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    colour = 2 if pixels.ndim == 3 else 0  # RGB or grey
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def run_script(*args, env=None):
+    # in its own process group, so that a hang kills torchrun's workers too, not only the launcher
+    p = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)

@@ -14,6 +14,7 @@ from PIL import Image
 
 import data
 from clip import MEAN, STD
+from conftest import write_png
 
 PETA_35 = ("accessoryHat accessoryMuffler accessoryNothing accessorySunglasses hairLong upperBodyCasual "
            "upperBodyFormal upperBodyJacket upperBodyLogo upperBodyPlaid upperBodyShortSleeve upperBodyThinStripes "
@@ -344,6 +345,40 @@ def test_train_transform_is_random_and_sized():
     assert any(not torch.equal(outs[0], o) for o in outs[1:])  # crop and flip change the image
 
 
+def test_images_are_read_as_a_viewer_shows_them(tmp_path):
+    rng = np.random.default_rng(0)
+    upright = rng.integers(0, 256, (24, 12, 3), dtype=np.uint8)  # 12 wide, 24 tall
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    # a phone stores its pixels as the sensor saw them and says in EXIF how to turn them: orientation 6 means
+    # "rotate 90 degrees clockwise to view", so the stored pixels are the upright image turned the other way
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for ext in ("png", "jpg"):
+        Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / f"turned.{ext}", exif=exif.tobytes())
+    assert Image.open(tmp_path / "turned.png").size == (24, 12)
+    assert np.array_equal(np.asarray(data.read_image(str(tmp_path / "turned.png"))), upright)
+    assert data.read_image(str(tmp_path / "turned.jpg")).size == (12, 24)  # lossy, but upright
+    # 16 bits per channel: grey (Pillow's mode I;16) and colour are scaled by their range, not clipped at 255
+    grey = upright[..., 0]
+    write_png(tmp_path / "grey16.png", grey.astype(np.uint16) * 257, bit_depth=16)
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    assert np.array_equal(np.asarray(data.read_image(str(tmp_path / "grey16.png"))), np.stack([grey] * 3, -1))
+    write_png(tmp_path / "rgb48.png", upright.astype(np.uint16) * 257, bit_depth=16)
+    assert np.array_equal(np.asarray(data.read_image(str(tmp_path / "rgb48.png"))), upright)
+    Image.fromarray(grey.astype(np.int32) * 257, mode="I").save(tmp_path / "grey32.tif")
+    assert np.array_equal(np.asarray(data.read_image(str(tmp_path / "grey32.tif")))[..., 0], grey)
+    Image.fromarray(grey.astype(np.float32) / 255, mode="F").save(tmp_path / "float.tif")
+    assert np.abs(np.asarray(data.read_image(str(tmp_path / "float.tif")))[..., 0].astype(int) - grey).max() <= 1
+    # an animation: its first frame
+    frames = [Image.fromarray(np.full((8, 4, 3), c, np.uint8)) for c in (40, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert np.asarray(data.read_image(str(tmp_path / "anim.gif"))).mean() < 100
+    # a file whose header claims 1.6 billion pixels (a decompression bomb) is an unreadable image, said in one line
+    write_png(tmp_path / "huge.png", np.zeros((1, 1, 3)), size=(40000, 40000))
+    with pytest.raises(ValueError, match=r"^cannot read image .*huge\.png: Image size \(1600000000 pixels\) exceeds"):
+        data.read_image(str(tmp_path / "huge.png"))
+
+
 def test_images_of_any_mode_become_rgb(tmp_path):
     paths = []
     for mode in ("L", "RGBA", "P", "CMYK"):
@@ -356,12 +391,22 @@ def test_images_of_any_mode_become_rgb(tmp_path):
 
 # ----------------------------------------------------------------------------- the command line
 
-def test_summary_command(tmp_path, capsys):
+def test_summary_command_checks_every_image(tmp_path, capsys):
     write_peta(str(tmp_path))
-    data.main(["peta", f"--root={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match=r"^19 of 20 images are missing: .*images/00002\.png, .*images/00003"
+                                                r"\.png, .*, \.\.\.$"):
+        data.main(["peta", f"--root={tmp_path}"])
     out = capsys.readouterr().out
     assert out.startswith("peta: 20 images, 35 attributes; train 3, val 2, test 2")
     assert "accessoryHat" in out and f"first image: {tmp_path}/images/00001.png" in out
+    for i in range(2, 21):
+        tiny_image(str(tmp_path / "images" / f"{i:05}.png"))
+    data.main(["peta", f"--root={tmp_path}"])
+    assert capsys.readouterr().out.endswith("all 20 images are there\n")
+    (tmp_path / "images" / "00007.png").write_bytes(b"\x89PNG broken")
+    data.main(["peta", f"--root={tmp_path}"])  # present is enough without --decode
+    with pytest.raises(FileNotFoundError, match=r"^1 of 20 images are missing or unreadable: .*00007\.png \(cannot read"):
+        data.main(["peta", f"--root={tmp_path}", "--decode=True"])
     with pytest.raises(ValueError, match="usage: python data.py <name>"):
         data.main(["peta", "--rot=x"])
     with pytest.raises(ValueError, match=r"usage: .*python synth\.py"):
