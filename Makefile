@@ -18,7 +18,7 @@ test: $(STAMP)
 # draw the synthetic set, train a tiny CLIP + decoder from scratch on the CPU, then predict a few test images
 demo: $(STAMP)
 	$(PY) data.py synth
-	$(PY) train.py --dataset=synth
+	$(PY) train.py --dataset=synth --overwrite=True
 	$(PY) sample.py $(DEMO_IMAGES) --ckpt=out/ckpt.pt --out=out/samples --attention=True
 
 bench: $(STAMP)

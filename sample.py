@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import clip
-from data import build_transform
-from decoder import DecoderConfig, SequencePAR, labels_to_targets
+from checkpoint import load_checkpoint, model_from_checkpoint, resolve_device
+from data import build_transform, read_image
+from decoder import labels_to_targets
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 OPTIONS = dict(ckpt="out/ckpt.pt", json=False, out="", attention=False, layers="last", beam_size=1, batch_size=64,
@@ -26,16 +27,8 @@ OPTIONS = dict(ckpt="out/ckpt.pt", json=False, out="", attention=False, layers="
 
 def load_model(path, device="cpu"):
     """A SequencePAR rebuilt from a train.py checkpoint alone, with its attribute names, in eval mode."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found (train one with train.py, or pass --ckpt=PATH)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model = SequencePAR(clip.CLIP(clip.CLIPConfig(**ckpt["clip_config"])), ckpt["prompts"],
-                            DecoderConfig(**ckpt["decoder_config"]))
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError) as e:  # not ours, or from another version of the model
-        raise ValueError(f"{path} is not a SequencePAR checkpoint of train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
-    return model.to(device).eval(), ckpt["attr_names"]
+    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt, path).to(device).eval(), ckpt["attr_names"]
 
 
 def find_images(inputs):
@@ -59,12 +52,9 @@ class Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            with Image.open(self.paths[i]) as img:
-                return i, self.transform(img.convert("RGB"))
-        except FileNotFoundError:
-            return i, f"{self.paths[i]} not found"
-        except (OSError, ValueError) as e:
-            return i, f"cannot read image {self.paths[i]}: {e}"
+            return i, self.transform(read_image(self.paths[i]))
+        except (FileNotFoundError, ValueError) as e:
+            return i, str(e)
 
 
 def collate(items):
@@ -99,7 +89,7 @@ def attention_maps(model, images, pred, layers="last"):
 
 def draw_labels(path, items, height=256):
     # the image, and a column listing its attributes and their probabilities
-    img = Image.open(path).convert("RGB")
+    img = read_image(path)
     img = img.resize((max(1, round(img.width * height / img.height)), height))
     canvas = Image.new("RGB", (img.width + 260, height), "white")
     canvas.paste(img, (0, 0))
@@ -127,6 +117,10 @@ def draw_attention(image, maps, names, tile=128):
     return sheet
 
 
+def usage():
+    return __doc__.strip() + "\n\noptions (--key=value):\n" + "\n".join(f"  --{k}={v}" for k, v in OPTIONS.items())
+
+
 def parse_args(argv):
     opts, inputs = dict(OPTIONS), []
     for arg in argv:
@@ -146,20 +140,27 @@ def parse_args(argv):
         opts[key] = value
     if not inputs:
         raise ValueError("no images given: python sample.py img.jpg [more images or folders] [--ckpt=out/ckpt.pt]")
+    if opts["batch_size"] < 1 or opts["beam_size"] < 1:
+        raise ValueError(f"--batch_size={opts['batch_size']} --beam_size={opts['beam_size']}: expected 1 or more")
     return opts, inputs
 
 
 def main(argv):
+    if "--help" in argv or "-h" in argv:
+        print(usage())
+        return 0
     opts, inputs = parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if opts["device"] == "auto" else opts["device"]
+    device = resolve_device(opts["device"])
+    if opts["attention"] and not opts["out"]:
+        opts["out"] = os.path.join("out", "samples")
+    if opts["out"] and os.path.exists(opts["out"]) and not os.path.isdir(opts["out"]):
+        raise ValueError(f"--out={opts['out']} is a file; expected a folder for the pictures")
     model, names = load_model(opts["ckpt"], device)
     paths = find_images(inputs)
     size = model.clip.config.image_resolution
     loader = torch.utils.data.DataLoader(Images(paths, size), opts["batch_size"], num_workers=opts["workers"],
                                          collate_fn=collate)
     results, failed = {}, {}
-    if opts["attention"] and not opts["out"]:
-        opts["out"] = os.path.join("out", "samples")
     if opts["out"]:
         os.makedirs(opts["out"], exist_ok=True)
     for idx, images, errors in loader:
@@ -196,7 +197,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         sys.exit(main(sys.argv[1:]))
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -256,3 +256,6 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except ValueError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print("interrupted: nothing was kept", file=sys.stderr)
+        sys.exit(130)

@@ -2,30 +2,38 @@
 Train SequencePAR on a pedestrian attribute dataset.
 
     python train.py --dataset=peta                  # the paper's recipe on PETA with CLIP ViT-L/14
-    python train.py --dataset=synth                 # a tiny CLIP from scratch on the synthetic set, minutes on a CPU
+    python train.py --dataset=synth                 # the synth preset: a tiny CLIP from scratch, minutes on a CPU
     torchrun --nproc_per_node=8 train.py --dataset=pa100k
+    python train.py --help                          # every option and its default
 
-Every field of TrainConfig can be overridden with --key=value. The run evaluates on the validation split every
-epoch (on the test split where a dataset has none), keeps the best checkpoint in out/ckpt.pt and the latest state in
-out/last.pt (for --resume=True), and at the end evaluates the best checkpoint on the test split once.
+Every field of TrainConfig can be overridden with --key=value. The run checks its options and its data first, then
+evaluates on the validation split every epoch (on the test split where a dataset has none), keeps the best checkpoint
+in out/ckpt.pt and the latest state in out/last.pt (for --resume=True), and at the end evaluates the selected model on
+the test split once. Ctrl-C saves out/last.pt at the current step; --resume=True continues from there.
 """
 import ast
+import csv
 import dataclasses
+import inspect
+import io
 import math
 import os
+import re
+import signal
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import clip
-from data import PARImages, load_dataset
+from checkpoint import check_attributes, load_checkpoint, resolve_device, save_atomic, writable_folder
+from data import PARImages, check_images, load_dataset
 from decoder import DecoderConfig, SequencePAR, labels_to_targets
+from evaluate import evaluate_only, format_metrics, metrics, predict, report, write_reports
 
 
 @dataclass
@@ -47,24 +55,31 @@ class TrainConfig:
     decoder_lr: float = 0.0       # 0: the same as lr; a fresh decoder may learn faster with more
     weight_decay: float = 1e-4
     warmup_epochs: float = 5.0
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0        # 0: no clipping
     time_budget: float = 0.0      # minutes; > 0 stops training then, with the schedule stretched to fit
     # eval/log
     out_dir: str = "out"
     eval_interval: int = 0        # steps between evaluations; 0 means once per epoch
     log_interval: int = 50
     beam_size: int = 1
-    resume: bool = False
+    resume: bool = False          # continue the run in out_dir from its last.pt
+    overwrite: bool = False       # start afresh in an out_dir that holds another run, replacing its checkpoints
+    eval_only: bool = False       # score a checkpoint on --split and write its reports; train nothing
+    ckpt: str = ""                # the checkpoint --eval_only scores; "" is out_dir/ckpt.pt
+    split: str = "test"           # the split --eval_only scores
+    pictures: int = 16            # --eval_only: images in the gallery of failures (0: no gallery)
     # system
     device: str = "auto"          # cuda when there is one
     compile: bool = False
     seed: int = 0
+    preset: str = ""              # "synth": the demo's small model and schedule (--dataset=synth picks it by default)
 
 
-# The synthetic set trains a small CLIP from scratch: a large learning rate, big batches and a time budget so that
-# `make demo` takes minutes on two CPU cores. Command-line overrides still apply on top.
-SYNTH_DEFAULTS = dict(clip="tiny", n_layer=2, n_head=4, dropout=0.0, weighted_loss=True, epochs=40, batch_size=64,
-                      lr=1e-3, weight_decay=0.05, warmup_epochs=1.0, time_budget=7.0, workers=1, log_interval=50)
+# A preset replaces the paper's defaults with others; options given on the command line still win. The synthetic set
+# trains a small CLIP from scratch: a large learning rate, big batches and a time budget, so that `make demo` takes
+# minutes on two CPU cores.
+PRESETS = {"synth": dict(clip="tiny", n_layer=2, n_head=4, dropout=0.0, weighted_loss=True, epochs=40, batch_size=64,
+                         lr=1e-3, weight_decay=0.05, warmup_epochs=1.0, time_budget=7.0, workers=1)}
 TINY_CLIP = clip.CLIPConfig(embed_dim=128, image_resolution=64, vision_layers=4, vision_width=128, vision_heads=2,
                             vision_patch_size=16, vision_stem=3, transformer_width=128, transformer_heads=2,
                             transformer_layers=2)
@@ -77,7 +92,7 @@ def parse_config(argv):
     for arg in argv:
         key, eq, text = arg[2:].partition("=")
         if not arg.startswith("--") or not eq:
-            raise ValueError(f"bad argument {arg!r}: expected --key=value")
+            raise ValueError(f"bad argument {arg!r}: expected --key=value (python train.py --help lists the options)")
         if key not in types:
             raise ValueError(f"unknown option --{key}; valid options: {', '.join(types)}")
         try:
@@ -89,44 +104,100 @@ def parse_config(argv):
         if type(value) is not types[key]:
             raise ValueError(f"--{key}={text}: expected a {types[key].__name__}")
         overrides[key] = value
-    defaults = SYNTH_DEFAULTS if overrides.get("dataset", TrainConfig.dataset) == "synth" else {}
-    return TrainConfig(**{**defaults, **overrides})
+    preset = overrides.get("preset", "synth" if overrides.get("dataset") == "synth" else "")
+    if preset not in ("", *PRESETS):
+        raise ValueError(f"--preset={preset}: expected one of {', '.join(PRESETS)} (or nothing for the paper's recipe)")
+    return TrainConfig(**{**PRESETS.get(preset, {}), **overrides, "preset": preset})
 
 
-def metrics(gt, pred):
-    """The PAR metrics (DESIGN section 4) of 0/1 arrays gt and pred of shape (N, A), in percent: label-based mA and
-    instance-based Acc, Prec, Rec, F1 (mean of per-sample F1, as SequencePAR reports it) and F1_hm (the harmonic
-    mean of Prec and Rec, the Rethinking-of-PAR convention)."""
-    gt, pred, eps = np.asarray(gt).astype(bool), np.asarray(pred).astype(bool), 1e-20
-    tp, tn = (gt & pred).sum(0), (~gt & ~pred).sum(0)
-    ma = ((tp / (gt.sum(0) + eps) + tn / ((~gt).sum(0) + eps)) / 2).mean()
-    inter, union = (gt & pred).sum(1), (gt | pred).sum(1)
-    prec_i, rec_i = inter / (pred.sum(1) + eps), inter / (gt.sum(1) + eps)
-    prec, rec = prec_i.mean(), rec_i.mean()
-    result = dict(mA=ma, Acc=(inter / (union + eps)).mean(), Prec=prec, Rec=rec,
-                  F1=(2 * prec_i * rec_i / (prec_i + rec_i + eps)).mean(), F1_hm=2 * prec * rec / (prec + rec + eps))
-    return {k: 100 * float(v) for k, v in result.items()}
+def usage():
+    # the options, their defaults and their comments, read off TrainConfig's source: one table, no second copy
+    lines = [__doc__.strip(), "", "options (--key=value):"]
+    for line in inspect.getsource(TrainConfig).splitlines()[2:]:
+        m = re.match(r"\s*(\w+): \w+ = (\S+)\s*(?:# (.*))?", line)
+        lines.append(f"  --{m[1]}={m[2].strip(chr(34))}".ljust(34) + (m[3] or "") if m else "  " + line.strip())
+    lines += ["presets:"] + [f"  {k}: " + ", ".join(f"{n}={v!r}" for n, v in p.items()) for k, p in PRESETS.items()]
+    return "\n".join(lines)
 
 
-def format_metrics(m):
-    return " | ".join(f"{k} {v:.2f}" for k, v in m.items())
+def check_config(cfg):
+    """One-line errors for options that cannot work, before any data is read or any model is built."""
+    rules = [("epochs", cfg.epochs > 0, "a positive number"), ("batch_size", cfg.batch_size > 0, "a positive number"),
+             ("lr", cfg.lr > 0, "a positive number"), ("decoder_lr", cfg.decoder_lr >= 0, "0 or more"),
+             ("weight_decay", cfg.weight_decay >= 0, "0 or more"), ("grad_clip", cfg.grad_clip >= 0, "0 or more"),
+             ("warmup_epochs", 0 <= cfg.warmup_epochs <= cfg.epochs, f"between 0 and --epochs={cfg.epochs}"),
+             ("time_budget", cfg.time_budget >= 0, "0 (none) or more minutes"),
+             ("eval_interval", cfg.eval_interval >= 0, "0 (once per epoch) or more steps"),
+             ("log_interval", cfg.log_interval > 0, "a positive number of steps"),
+             ("beam_size", cfg.beam_size >= 1, "1 (greedy) or more"), ("workers", cfg.workers >= 0, "0 or more"),
+             ("split", cfg.split in ("train", "val", "test"), "train, val or test"), ("pictures", cfg.pictures >= 0, "0 or more"),
+             ("n_layer", cfg.n_layer >= 1, "1 or more"), ("n_head", cfg.n_head >= 1, "1 or more"),
+             ("dropout", 0 <= cfg.dropout < 1, "a probability below 1")]
+    for name, ok, expected in rules:
+        if not ok:
+            raise ValueError(f"--{name}={getattr(cfg, name)}: expected {expected}")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume=True and --overwrite=True contradict each other: continue the run, or replace it")
+    resolve_device(cfg.device)
+    if not cfg.eval_only:  # (--eval_only takes the model from its checkpoint)
+        width = TINY_CLIP.embed_dim if cfg.clip == "tiny" else clip.config(cfg.clip).embed_dim \
+            if cfg.clip in clip.available_models() else None  # a CLIP file is checked once it is read
+        check_heads(cfg.n_head, width)
+
+
+def check_heads(n_head, width):
+    if width is not None and width % n_head:
+        raise ValueError(f"--n_head={n_head} does not divide the decoder's width {width} (CLIP's embedding width)")
+
+
+RUN_FILES = ("ckpt.pt", "last.pt")
+
+
+def prepare_out_dir(cfg):
+    """Makes sure out_dir is a writable folder that holds no other run (unless we resume or overwrite it), and removes
+    the temporary files a killed run left behind."""
+    out = cfg.out_dir
+    writable_folder(out)
+    held = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if cfg.resume and "last.pt" not in held:
+        raise FileNotFoundError(f"--resume=True: {os.path.join(out, 'last.pt')} not found, so there is nothing to resume")
+    if held and not cfg.resume and not cfg.overwrite:
+        raise ValueError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume=True, or choose "
+                         f"another --out_dir, or replace it with --overwrite=True")
+    if held and cfg.overwrite:
+        print(f"--overwrite=True: this run replaces the one in {out} ({', '.join(held)})")
+
+
+def check_resume(ckpt, path, model, attr_names):
+    check_attributes(ckpt, path, attr_names, "use another --out_dir")
+    now = {**dataclasses.asdict(model.clip.config), **dataclasses.asdict(model.config)}
+    then = {**ckpt["clip_config"], **ckpt["decoder_config"]}
+    changed = [f"{k} {then.get(k)} (now {v})" for k, v in now.items() if then.get(k) != v and k != "dropout"]
+    if changed:
+        raise ValueError(f"{path} holds another model: {', '.join(changed)}; resume with the options it was trained "
+                         f"with, or use another --out_dir")
 
 
 def build_model(cfg, data):
     clip_model = clip.CLIP(TINY_CLIP) if cfg.clip == "tiny" else clip.load(cfg.clip)
+    check_heads(cfg.n_head, clip_model.config.embed_dim)
     rates = data.labels[data.splits["train"]].mean(0) if cfg.weighted_loss else None
     return SequencePAR(clip_model, data.prompts, DecoderConfig(cfg.n_layer, cfg.n_head, cfg.dropout), pos_rates=rates)
 
 
 def configure_optimizer(model, cfg):
-    # weight decay on matrices only; the freshly initialised decoder may get its own learning rate
-    groups = []
-    for part, lr in ((model.clip, cfg.lr), (model.transformer, cfg.decoder_lr or cfg.lr), (model.lm_head, cfg.decoder_lr or cfg.lr)):
+    """AdamW with weight decay on matrices only. Returns the optimizer and each parameter group's base learning rate:
+    we keep those out of the optimizer's state, so a resumed run follows the --lr it is given now."""
+    groups, base_lrs = [], []
+    for part, lr in ((model.clip, cfg.lr), (model.transformer, cfg.decoder_lr or cfg.lr),
+                     (model.lm_head, cfg.decoder_lr or cfg.lr)):
         params = [p for p in part.parameters() if p.requires_grad]
-        groups.append(dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg.weight_decay, base_lr=lr))
-        groups.append(dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0, base_lr=lr))
+        for chosen, decay in (([p for p in params if p.dim() >= 2], cfg.weight_decay), ([p for p in params if p.dim() < 2], 0.0)):
+            if chosen:
+                groups.append(dict(params=chosen, weight_decay=decay))
+                base_lrs.append(lr)
     # fused: one kernel over all tensors, on the CPU too (10x faster there than the default for the tiny model)
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True), base_lrs
 
 
 def lr_factor(progress, warmup):
@@ -136,46 +207,87 @@ def lr_factor(progress, warmup):
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
 
 
-def save_checkpoint(obj, path):
-    # a temporary file renamed over the old one: a crash leaves the old checkpoint or the new, never half of one
-    torch.save(obj, path + ".tmp")
-    os.replace(path + ".tmp", path)
+class CSVLog:
+    """out_dir/log.csv: a row per logged step and per evaluation, appended as training goes. A fresh run starts it
+    anew; a resumed run keeps the rows up to the step it resumes from."""
+    FIELDS = ["kind", "step", "epoch", "loss", "lr", "decoder_lr", "img_per_s", "split", "mA", "Acc", "Prec", "Rec",
+              "F1", "F1_hm"]
+
+    def __init__(self, path, resume_step=None):
+        self.path = path
+        rows = []
+        if resume_step is not None and os.path.exists(path):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        save_atomic(path, lambda f: f.write(self.lines([dict(zip(self.FIELDS, self.FIELDS))] + rows).encode()))
+
+    def lines(self, rows):
+        out = io.StringIO()
+        csv.DictWriter(out, self.FIELDS, restval="").writerows(rows)
+        return out.getvalue()
+
+    def write(self, **row):
+        with open(self.path, "a") as f:
+            f.write(self.lines([{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}]))
 
 
-def load_checkpoint(path, attr_names):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt["attr_names"] != list(attr_names):
-        raise ValueError(f"{path} was trained on {len(ckpt['attr_names'])} other attributes "
-                         f"({', '.join(ckpt['attr_names'][:4])}, ...) than this dataset's {len(attr_names)}; "
-                         f"use another --out_dir")
-    return ckpt
+class EpochBatches(torch.utils.data.Sampler):
+    """The training batches of one process, epoch after epoch, without end: each epoch a permutation drawn from
+    (seed, epoch) alone, the same in every process, of which each process takes its own share. It starts at any step,
+    so a resumed run continues at the very batch where it stopped."""
+
+    def __init__(self, n, batch_size, seed, rank=0, world=1, start_step=0):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.per_epoch, self.start_step = n // (batch_size * world), start_step  # full batches per process
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            epoch, k = divmod(step, self.per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            batches = perm[:self.per_epoch * self.world * self.batch_size].view(self.per_epoch, self.world, -1)
+            for batch in batches[k:, self.rank]:  # (batch_size,) indices
+                yield batch.tolist()
+                step += 1
 
 
-@torch.no_grad()
-def evaluate(model, loader, device, ctx, beam_size):
-    model.eval()
-    preds, gts = [], []
-    for images, labels in loader:
-        with ctx:
-            pred, _ = model.generate(images.to(device, non_blocking=True), beam_size=beam_size)
-        preds.append(pred.cpu())
-        gts.append(labels)
-    model.train()
-    return metrics(torch.cat(gts).numpy(), torch.cat(preds).numpy())
+class Interrupt:
+    """While training, the first Ctrl-C asks the loop to stop at the next step, where the state is whole and can be
+    saved; a second one stops at once."""
+
+    def __init__(self, last_path):
+        self.requested, self.last_path = False, last_path
+        self.previous = signal.signal(signal.SIGINT, self.handler)
+
+    def handler(self, signum, frame):
+        if self.requested:
+            kept = f"{self.last_path} holds the last saved state" if os.path.exists(self.last_path) else "nothing saved"
+            raise KeyboardInterrupt(f"interrupted without saving; {kept}")
+        self.requested = True
+        print("\ninterrupt: saving the state at the next step (Ctrl-C again to quit without saving)", file=sys.stderr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
 
 
 def main(argv):
+    if "--help" in argv or "-h" in argv:
+        print(usage())
+        return None
     cfg = parse_config(argv)
+    check_config(cfg)
+    if cfg.eval_only:
+        return evaluate_only(cfg)
     ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun
     if ddp:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         rank, local_rank, world = dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     else:
-        rank, world = 0, 1
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        rank, world, device = 0, 1, resolve_device(cfg.device)
     master = rank == 0
     if cfg.batch_size % world:
         raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by the {world} processes")
@@ -186,51 +298,61 @@ def main(argv):
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     log = print if master else (lambda *a, **k: None)
     log("config: " + ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(cfg).items()))
+    if cfg.preset:
+        log(f"preset {cfg.preset} sets " + ", ".join(f"{k}={v!r}" for k, v in PRESETS[cfg.preset].items())
+            + " (options given on the command line win)")
+    if master:
+        prepare_out_dir(cfg)
 
-    # data: the master reads (or for synth, draws) it first, so processes never draw the same set at once
+    # data: the master reads (or for synth, draws) it first, so processes never draw the same set at once. Every
+    # split the run needs must be there and every image file present: better now than hours into a run.
     if ddp and not master:
         dist.barrier()
     data = load_dataset(cfg.dataset, cfg.root or None)
+    eval_split = "val" if "val" in data.splits else "test"  # RAPv1 and WIDER publish no validation split
+    needed = list(dict.fromkeys(("train", eval_split, "test")))
+    for split in needed:
+        if len(data.splits.get(split, [])) == 0:
+            raise ValueError(f"{cfg.dataset}: the {split} split is empty or missing; a run needs train and test images")
+    if master:
+        check_images([data.image_paths[i] for s in needed for i in data.splits[s]])
     if ddp and master:
         dist.barrier()
-    eval_split = "val" if "val" in data.splits else "test"  # RAPv1 and WIDER publish no validation split
     log(f"{cfg.dataset}: {len(data.labels)} images, {len(data.attr_names)} attributes; "
         + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; model selection on {eval_split}")
+    per_process = cfg.batch_size // world
+    if len(data.splits["train"]) < cfg.batch_size:
+        raise ValueError(f"the train split has {len(data.splits['train'])} images, fewer than "
+                         f"--batch_size={cfg.batch_size}")
 
     model = build_model(cfg, data).to(device)
     raw_model = model
-    size = model.clip.config.image_resolution
-    train_set = PARImages(data, data.splits["train"], size, train=True)
-    sampler = torch.utils.data.DistributedSampler(train_set, seed=cfg.seed) if ddp else None
-    generator = torch.Generator()
-    loader_args = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0)
-    loader = torch.utils.data.DataLoader(train_set, cfg.batch_size // world, shuffle=sampler is None, sampler=sampler,
-                                         generator=generator, drop_last=True, **loader_args)
-    if len(loader) == 0:
-        raise ValueError(f"the train split has {len(train_set)} images, fewer than --batch_size={cfg.batch_size}")
-
-    def eval_loader(split):
-        return torch.utils.data.DataLoader(PARImages(data, data.splits[split], size, train=False),
-                                           cfg.batch_size // world * 2, **loader_args)
-
-    optimizer = configure_optimizer(raw_model, cfg)
-    iters_per_epoch = len(loader)
-    max_iters = cfg.epochs * iters_per_epoch
-    eval_interval = cfg.eval_interval or iters_per_epoch
-    budget = 60 * cfg.time_budget
+    optimizer, base_lrs = configure_optimizer(raw_model, cfg)
     step, best, elapsed = 0, -1.0, 0.0
-    os.makedirs(cfg.out_dir, exist_ok=True)
     best_path, last_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "last.pt")
     if cfg.resume:
-        ckpt = load_checkpoint(last_path, data.attr_names)
+        ckpt = load_checkpoint(last_path)
+        check_resume(ckpt, last_path, raw_model, data.attr_names)
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, best, elapsed = ckpt["step"], ckpt["best_mA"], ckpt["elapsed"]
         log(f"resumed from {last_path} at step {step} (best {eval_split} mA so far {best:.2f})")
+        del ckpt
+    csv_log = CSVLog(os.path.join(cfg.out_dir, "log.csv"), step if cfg.resume else None) if master else None
     if cfg.compile:
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[local_rank] if cuda else None)
+
+    size = raw_model.clip.config.image_resolution
+    sampler = EpochBatches(len(data.splits["train"]), per_process, cfg.seed, rank, world, start_step=step)
+    loader_args = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0)
+    train_batches = iter(torch.utils.data.DataLoader(PARImages(data, data.splits["train"], size, train=True),
+                                                     batch_sampler=sampler, **loader_args))
+
+    def eval_batches(split):
+        return torch.utils.data.DataLoader(PARImages(data, data.splits[split], size, train=False), per_process * 2,
+                                           **loader_args)
 
     def checkpoint(metrics_now):
         return dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, best_mA=best,
@@ -239,85 +361,105 @@ def main(argv):
                     decoder_config=dataclasses.asdict(raw_model.config), attr_names=list(data.attr_names),
                     prompts=list(data.prompts), dataset=cfg.dataset)
 
-    def batches():
-        # a fixed order per epoch (seed + epoch), so a resumed run sees the epochs it has left as they would have been
-        epoch = step // iters_per_epoch
-        while True:
-            generator.manual_seed(cfg.seed + epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            yield from loader
-            epoch += 1
+    def save(state, path):
+        save_atomic(path, lambda f: torch.save(state, f))
 
-    train_batches = batches()
+    iters_per_epoch = sampler.per_epoch
+    max_iters = cfg.epochs * iters_per_epoch
+    eval_interval = cfg.eval_interval or iters_per_epoch
+    budget = 60 * cfg.time_budget
     start_step, t_log, t_start = step, time.time(), time.time() - elapsed
-    while True:
-        elapsed = time.time() - t_start
-        if ddp and budget:  # every process must stop at the same step: the master's clock decides
-            t = torch.tensor([elapsed], device=device)
-            dist.broadcast(t, 0)
-            elapsed = t.item()
-        progress = max(step / max_iters, elapsed / budget if budget else 0.0)
-        finished = progress >= 1
-        lr = lr_factor(min(1.0, progress + 1 / max_iters), cfg.warmup_epochs / cfg.epochs)  # step 0 not at lr 0
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr
+    with Interrupt(last_path) as interrupt:
+        while True:
+            elapsed = time.time() - t_start
+            stop = interrupt.requested
+            if ddp:  # every process must stop at the same step: the master's clock and Ctrl-C decide
+                t = torch.tensor([elapsed, float(stop)], device=device)
+                dist.broadcast(t, 0)
+                elapsed, stop = t[0].item(), bool(t[1].item())
+            if stop:
+                if master:
+                    save(checkpoint(None), last_path)
+                raise KeyboardInterrupt(f"interrupted at step {step}: saved {last_path}; continue with --resume=True")
+            # the fraction of the run done after this step; the schedule reaches its end with the last step, or when the
+            # time budget runs out
+            progress = max((step + 1) / max_iters, elapsed / budget if budget else 0.0)
+            lr_mult = lr_factor(min(1.0, progress), cfg.warmup_epochs / cfg.epochs)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base_lr * lr_mult
+            finished = step >= max_iters or (budget and elapsed >= budget)
 
-        if step > start_step and (step % eval_interval == 0 or finished):
-            if master:
-                m = evaluate(raw_model, eval_loader(eval_split), device, ctx, cfg.beam_size)
-                # without a validation split the last model is the selected one: choosing on test would flatter it
-                improved = m["mA"] > best or eval_split == "test"
-                best = max(best, m["mA"])
-                state = checkpoint(m)
-                save_checkpoint(state, last_path)
-                if improved:
-                    save_checkpoint({k: v for k, v in state.items() if k != "optimizer"}, best_path)
-                log(f"eval step {step} epoch {step / iters_per_epoch:.2f}: {eval_split} {format_metrics(m)}"
-                    + (f" | best, saved {best_path}" if improved else f" | best mA {best:.2f}"))
-            if ddp:
-                dist.barrier()
-        if finished:
-            break
+            if step > start_step and (step % eval_interval == 0 or finished):
+                if master:
+                    pred, _, gt = predict(raw_model, eval_batches(eval_split), device, ctx, cfg.beam_size)
+                    m = metrics(gt, pred)
+                    # without a validation split the last model is the selected one: choosing on test would flatter it
+                    improved = m["mA"] > best or eval_split == "test"
+                    best = max(best, m["mA"])
+                    state = checkpoint(m)
+                    save(state, last_path)
+                    if improved:
+                        save({k: v for k, v in state.items() if k != "optimizer"}, best_path)
+                    log(f"eval step {step} epoch {step / iters_per_epoch:.2f}: {eval_split} {format_metrics(m)}"
+                        + (f" | best, saved {best_path}" if improved else f" | best mA {best:.2f}"))
+                    csv_log.write(kind="eval", step=step, epoch=step / iters_per_epoch, split=eval_split, **m)
+                if ddp:
+                    dist.barrier()
+            if finished:
+                break
 
-        images, labels = next(train_batches)
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with ctx:
-            _, loss = model(images, labels_to_targets(labels))
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
-        if not torch.isfinite(norm):  # the norm is all-reduced under DDP, so every process stops here together
-            raise FloatingPointError(f"loss became {loss.item()} (gradient norm {norm.item()}) at step {step}; "
-                                     f"stopped, the last good checkpoint is {last_path}")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+            images, labels = next(train_batches)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with ctx:
+                _, loss = model(images, labels_to_targets(labels))
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
+            if not torch.isfinite(norm):  # the norm is all-reduced under DDP, so every process stops here together
+                kept = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else "no checkpoint was saved yet"
+                raise FloatingPointError(f"loss became {loss.item()} (gradient norm {norm.item()}) at step {step}; "
+                                         f"stopped, {kept}")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
 
-        if step % cfg.log_interval == 0:
-            dt, t_log = time.time() - t_log, time.time()
-            rate = cfg.log_interval * cfg.batch_size / dt
-            eta = (max_iters - step) * dt / cfg.log_interval
-            if budget:
-                eta = min(eta, budget - elapsed)
-            log(f"step {step}/{max_iters} | epoch {step / iters_per_epoch:.2f} | loss {loss.item():.4f} | lr {lr * cfg.lr:.2e} "
-                f"| {rate:.0f} img/s | eta {int(eta // 60)}m{int(eta % 60):02d}s")
+            if step % cfg.log_interval == 0:
+                dt, t_log = time.time() - t_log, time.time()
+                rate = cfg.log_interval * cfg.batch_size / dt
+                eta = (max_iters - step) * dt / cfg.log_interval
+                if budget:
+                    eta = min(eta, budget - elapsed)
+                clip_lr, decoder_lr = optimizer.param_groups[0]["lr"], optimizer.param_groups[-1]["lr"]
+                lrs = f"{clip_lr:.2e}" + (f"/{decoder_lr:.2e}" if decoder_lr != clip_lr else "")  # CLIP's/the decoder's
+                log(f"step {step}/{max_iters} | epoch {step / iters_per_epoch:.2f} | loss {loss.item():.4f} | lr {lrs} "
+                    f"| {rate:.0f} img/s | eta {int(eta // 60)}m{int(eta % 60):02d}s")
+                if master:
+                    csv_log.write(kind="train", step=step, epoch=step / iters_per_epoch, loss=loss.item(), lr=clip_lr,
+                                  decoder_lr=decoder_lr, img_per_s=rate)
 
+    m = None
     if master:
         # the test split, once, with the selected model: the best on validation, or the last where there is none
-        ckpt = torch.load(best_path, map_location=device, weights_only=True)
+        ckpt = load_checkpoint(best_path)
         raw_model.load_state_dict(ckpt["model"])
-        m = evaluate(raw_model, eval_loader("test"), device, ctx, cfg.beam_size)
+        pred, scores, gt = predict(raw_model, eval_batches("test"), device, ctx, cfg.beam_size)
+        m = metrics(gt, pred)
         log(f"test ({'best on val, step' if eval_split == 'val' else 'last step'} {ckpt['step']}, "
-            f"{len(data.splits['test'])} images): {format_metrics(m)}")
-        log("| " + " | ".join(m) + " |\n|" + "---|" * len(m) + "\n| " + " | ".join(f"{v:.2f}" for v in m.values()) + " |")
+            f"{len(data.splits['test'])} images): {report(data.attr_names, gt, pred)}")
+        csv_log.write(kind="test", step=ckpt["step"], epoch=ckpt["step"] / iters_per_epoch, split="test", **m)
+        written = write_reports(cfg, data, "test", best_path, ckpt["step"], pred, scores, gt)
+        log(f"wrote {written} and predictions_test.csv")
     if ddp:
         dist.destroy_process_group()
-    return m if master else None
+    return m
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # a log redirected to a file is complete up to the last line printed
     try:
         main(sys.argv[1:])
-    except (FileNotFoundError, ValueError, FloatingPointError) as e:
+    except (FileNotFoundError, ValueError, OSError, FloatingPointError) as e:
         # a data loader worker's error arrives with its traceback as text: its last line is the message
         sys.exit(f"error: {str(e).strip().splitlines()[-1]}")
+    except KeyboardInterrupt as e:
+        print(str(e) or "interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -2,11 +2,13 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import sample
+from conftest import write_png
 
 
 def test_prints_predictions(trained_run, synth_root, capsys):
@@ -63,13 +65,42 @@ def test_attention_maps_are_distributions(trained_run):
 def test_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"checkpoint .*missing.pt not found"):
         sample.main(["x.jpg", f"--ckpt={tmp_path}/missing.pt"])
-    (tmp_path / "other.pt").write_bytes(b"")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"other.pt is not a SequencePAR checkpoint of train.py"):
         sample.main(["x.jpg", f"--ckpt={tmp_path}/other.pt"])
+    (tmp_path / "pictures").write_text("a file")
+    with pytest.raises(ValueError, match=r"--out=.*pictures is a file; expected a folder"):
+        sample.main(["x.jpg", f"--out={tmp_path}/pictures"])
     with pytest.raises(ValueError, match=r"no images given"):
         sample.main(["--json"])
     with pytest.raises(ValueError, match=r"unknown option --foo"):
         sample.main(["x.jpg", "--foo=1"])
     with pytest.raises(ValueError, match=r"--layers=first: expected last or all"):
         sample.main(["x.jpg", "--layers=first"])
+
+
+def test_images_are_predicted_as_a_viewer_shows_them(trained_run, synth_root, tmp_path, capsys):
+    # a photo stored sideways with an EXIF orientation, and a 16-bit PNG, are predicted like their upright 8-bit
+    # twins; a file over Pillow's pixel limit is an error of its own and the others still get their predictions
+    out, _, _ = trained_run
+    upright = np.asarray(Image.open(os.path.join(synth_root, "images", "000001.png")))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(upright).save(folder / "a_upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(folder / "b_turned.png", exif=exif.tobytes())
+    grey = upright[..., 1]
+    Image.fromarray(grey).save(folder / "c_grey8.png")
+    write_png(folder / "d_grey16.png", grey.astype(np.uint16) * 257, bit_depth=16)
+    write_png(folder / "e_huge.png", np.zeros((1, 1, 3)), size=(40000, 40000))
+    rc = sample.main([str(folder), f"--ckpt={out}/ckpt.pt", "--json", "--batch_size=8"])
+    captured = capsys.readouterr()
+    result = {os.path.basename(r["image"]): r for r in json.loads(captured.out)}
+    assert rc == 1 and "exceeds limit" in result["e_huge.png"]["error"] and "e_huge.png" in captured.err
+    assert result["b_turned.png"]["attributes"] == result["a_upright.png"]["attributes"]
+    assert result["d_grey16.png"]["attributes"] == result["c_grey8.png"]["attributes"]
+    model, _ = sample.load_model(os.path.join(out, "ckpt.pt"))  # the twins really differ from a sideways read
+    t = sample.build_transform(32, train=False)
+    sideways = model.generate(t(Image.open(folder / "b_turned.png").convert("RGB"))[None])[1]
+    assert not torch.allclose(sideways, model.generate(t(Image.fromarray(upright))[None])[1])

@@ -1,16 +1,13 @@
 """train.py: the metrics on hand-computed cases, the config, a tiny end-to-end run, resume, DDP, and the errors."""
 import os
 import re
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import train
-from conftest import ROOT, tiny_args
+from conftest import run_script, tiny_args
 
 
 def test_metrics_by_hand():
@@ -107,18 +104,6 @@ def test_resume_refuses_another_attribute_set(trained_run, tmp_path, tiny_clip_f
                     "--resume=True", "--workers=0"])
 
 
-def run_script(*args, env=None):
-    # in its own process group, so that a hang kills torchrun's workers too, not only the launcher
-    p = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        raise
-    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
-
-
 def test_script_errors_are_one_line(tmp_path):
     r = run_script("train.py", "--nope=1")
     assert r.returncode == 1 and r.stderr.startswith("error: unknown option --nope") and r.stderr.count("\n") == 1
@@ -127,11 +112,18 @@ def test_script_errors_are_one_line(tmp_path):
     assert re.match(r"error: .*PETA.mat not found: the peta reader expects .* published at http", r.stderr)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synth_root, tiny_clip_file, tmp_path):
-    with pytest.raises(FloatingPointError, match=r"loss became nan .* at step \d+; stopped, the last good checkpoint "
-                                                 r"is .*last.pt"):
+def test_nan_loss_stops_and_names_what_is_kept(synth_root, tiny_clip_file, tmp_path):
+    with pytest.raises(FloatingPointError, match=r"loss became nan .* at step \d+; stopped, no checkpoint was saved "
+                                                 r"yet"):
         train.main(tiny_args(synth_root, tiny_clip_file, tmp_path, "--lr=1e30", "--grad_clip=0.0",
                              "--warmup_epochs=0.0"))
+    assert os.listdir(tmp_path) == []
+    # once a run has saved last.pt, the message names it; a resumed run follows the --lr it is given now
+    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path, "--epochs=1"))
+    with pytest.raises(FloatingPointError, match=r"at step \d+; stopped, the last good checkpoint is .*last.pt"):
+        train.main(tiny_args(synth_root, tiny_clip_file, tmp_path, "--resume=True", "--lr=1e30", "--grad_clip=0.0",
+                             "--warmup_epochs=0.0"))
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 8
 
 
 def test_ddp_with_gloo(synth_root, tiny_clip_file, tmp_path):

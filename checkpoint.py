@@ -1,0 +1,102 @@
+"""
+The files of a run: written atomically, read back without running any code, and the model rebuilt from a checkpoint
+alone; and the device it all runs on.
+
+A checkpoint is a dict of tensors and plain Python values (dicts, lists, strings, numbers): the model's weights, its
+CLIP and decoder configs, the prompts and attribute names, the training config and step. torch.load(...,
+weights_only=True) reads exactly that and refuses anything else, so a checkpoint handed to us can never run code.
+"""
+import os
+import re
+
+import torch
+
+import clip
+from decoder import DecoderConfig, SequencePAR
+
+
+def resolve_device(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if name != "cpu" and not m:
+        raise ValueError(f"--device={name}: expected auto, cpu, cuda or cuda:N")
+    if m and int(m[1] or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA GPUs")
+    return name
+
+
+TMP_NAME = re.compile(r"(ckpt\.pt|last\.pt|log\.csv|(metrics|predictions|failures)_\w+\.(json|csv|png)|similarity\.(png|csv))\.tmp")
+
+
+def writable_folder(out):
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out_dir={out} is a file; expected a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"--out_dir={out} is not writable ({e.strerror})") from None
+    for f in os.listdir(out):
+        if TMP_NAME.fullmatch(f):
+            os.remove(os.path.join(out, f))  # a file of ours, half written when a run was killed
+
+
+def save_atomic(path, write):
+    """Writes a file through write(f) to path + ".tmp", flushed to disk, then renamed over path: a crash leaves the
+    old file or the new one, never half of one, and a failed write (a full disk) leaves no temporary file."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        cause = e  # torch.save reports a failed write as a RuntimeError raised while handling the OSError
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise OSError(f"cannot write {path} ({cause.strerror or cause}); the previous file, if any, is unchanged") from None
+
+
+def load_checkpoint(path):
+    """A train.py checkpoint: a dict of tensors and plain values, read with weights_only=True, so no code in the file
+    can run. Any other file gets a one-line error naming it."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; expected a checkpoint file such as {os.path.join(path, 'ckpt.pt')}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found (train one with train.py, or pass --ckpt=PATH)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # empty, truncated, random bytes, or a pickle of something else than plain data
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        reason = next((x.strip() for x in lines if "Unsupported global" in x), lines[0])
+        raise ValueError(f"{path} is not a checkpoint we can read safely ({reason})") from None
+    keys = {"model", "config", "clip_config", "decoder_config", "attr_names", "prompts", "step"}
+    if not isinstance(ckpt, dict) or keys - ckpt.keys():
+        raise ValueError(f"{path} is not a SequencePAR checkpoint of train.py (it lacks "
+                         f"{', '.join(sorted(keys - ckpt.keys())) if isinstance(ckpt, dict) else 'a dict'})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, path):
+    """The SequencePAR a checkpoint was trained as, rebuilt from its configs, prompts and weights alone."""
+    try:
+        model = SequencePAR(clip.CLIP(clip.CLIPConfig(**ckpt["clip_config"])), ckpt["prompts"],
+                            DecoderConfig(**ckpt["decoder_config"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, RuntimeError) as e:  # from another version of the model
+        raise ValueError(f"{path} does not fit this code's model ({str(e).strip().splitlines()[0]})") from None
+    return model
+
+
+def check_attributes(ckpt, path, attr_names, advice):
+    if ckpt["attr_names"] != list(attr_names):
+        raise ValueError(f"{path} was trained on {len(ckpt['attr_names'])} other attributes "
+                         f"({', '.join(ckpt['attr_names'][:4])}, ...) than this dataset's {len(attr_names)}; {advice}")

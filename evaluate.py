@@ -1,0 +1,238 @@
+"""
+Scoring SequencePAR: the standard PAR metrics, per attribute too, the decoding of a whole split, and what a paper
+table or an analysis starts from: the predictions as CSV, the attribute similarity matrix and a gallery of failures.
+`python train.py --eval_only=True` runs evaluate_only, which writes them; every training run ends with write_reports.
+
+Shapes: N images, A attributes.
+"""
+import csv
+import io
+import json
+import os
+import subprocess
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from checkpoint import check_attributes, load_checkpoint, model_from_checkpoint, resolve_device, save_atomic, writable_folder
+from data import PARImages, check_images, load_dataset, read_image
+from decoder import N_SPECIAL
+
+
+def metrics(gt, pred):
+    """The PAR metrics of 0/1 arrays gt and pred of shape (N, A), in percent, eps = 1e-20 in every denominator:
+    label-based mA (per attribute the mean of positive and negative recall, averaged over attributes) and
+    instance-based Acc (I / U per image), Prec (I / |pred|), Rec (I / |gt|), F1 (mean of per-image F1, as SequencePAR
+    reports it) and F1_hm (the harmonic mean of Prec and Rec, the Rethinking-of-PAR convention)."""
+    gt, pred, eps = np.asarray(gt).astype(bool), np.asarray(pred).astype(bool), 1e-20
+    tp, tn = (gt & pred).sum(0), (~gt & ~pred).sum(0)
+    ma = ((tp / (gt.sum(0) + eps) + tn / ((~gt).sum(0) + eps)) / 2).mean()
+    inter, union = (gt & pred).sum(1), (gt | pred).sum(1)
+    prec_i, rec_i = inter / (pred.sum(1) + eps), inter / (gt.sum(1) + eps)
+    prec, rec = prec_i.mean(), rec_i.mean()
+    result = dict(mA=ma, Acc=(inter / (union + eps)).mean(), Prec=prec, Rec=rec,
+                  F1=(2 * prec_i * rec_i / (prec_i + rec_i + eps)).mean(), F1_hm=2 * prec * rec / (prec + rec + eps))
+    return {k: 100 * float(v) for k, v in result.items()}
+
+
+def format_metrics(m):
+    return " | ".join(f"{k} {v:.2f}" for k, v in m.items())
+
+
+@torch.no_grad()
+def predict(model, batches, device, ctx, beam_size):
+    """Decodes every batch of (images, labels): returns pred (N, A) uint8, scores (N, A) and gt (N, A) as numpy."""
+    was_training = model.training
+    model.eval()
+    preds, scores, gts = [], [], []
+    for images, labels in batches:
+        with ctx:
+            pred, score = model.generate(images.to(device, non_blocking=True), beam_size=beam_size)
+        preds.append(pred.cpu())
+        scores.append(score.float().cpu())
+        gts.append(labels.cpu())
+    model.train(was_training)
+    return torch.cat(preds).numpy(), torch.cat(scores).numpy(), torch.cat(gts).numpy()
+
+
+def attribute_metrics(gt, pred):
+    """Per attribute j of 0/1 arrays (N, A), in percent: its positive rate in gt, mA_j (the mean of its positive
+    recall, here `recall`, and its negative recall), precision and F1."""
+    gt, pred, eps = np.asarray(gt).astype(bool), np.asarray(pred).astype(bool), 1e-20
+    tp, fp, tn = (gt & pred).sum(0), (~gt & pred).sum(0), (~gt & ~pred).sum(0)
+    pos_recall, neg_recall = tp / (gt.sum(0) + eps), tn / ((~gt).sum(0) + eps)
+    precision = tp / (tp + fp + eps)
+    f1 = 2 * precision * pos_recall / (precision + pos_recall + eps)
+    columns = dict(rate=gt.mean(0), mA=(pos_recall + neg_recall) / 2, recall=pos_recall, neg_recall=neg_recall,
+                   precision=precision, F1=f1)
+    return [{k: 100 * float(v[j]) for k, v in columns.items()} for j in range(gt.shape[1])]
+
+
+def sequence_stats(gt, pred):
+    """What the generated sequences look like: how many attributes the model emits against how many are true, and how
+    often decoding ended by choosing <eos> rather than by running out of attributes (having emitted the last one,
+    after which only <eos> is allowed)."""
+    gt, pred = np.asarray(gt).astype(bool), np.asarray(pred).astype(bool)
+    ran_out = float(pred[:, -1].mean()) if pred.size else 0.0
+    return dict(emitted=float(pred.sum(1).mean()), true=float(gt.sum(1).mean()), stopped_by_eos=100 * (1 - ran_out),
+                ran_out=100 * ran_out)
+
+
+def report(names, gt, pred):
+    """The overall metrics, the sequence view and the per-attribute table, as Markdown that also reads aligned."""
+    m, s = metrics(gt, pred), sequence_stats(gt, pred)
+    width = max(len("attribute"), *(len(n) for n in names))
+    head = ["rate", "mA", "recall", "neg_recall", "precision", "F1"]
+    lines = [f"| {'attribute':<{width}} | " + " | ".join(f"{h:>10}" for h in head) + " |",
+             f"|{'-' * (width + 2)}|" + "|".join("-" * 11 + ":" for _ in head) + "|"]
+    for name, row in zip(names, attribute_metrics(gt, pred)):
+        lines.append(f"| {name:<{width}} | " + " | ".join(f"{row[h]:>10.2f}" for h in head) + " |")
+    return "\n".join([format_metrics(m), f"attributes per image: {s['emitted']:.2f} emitted, {s['true']:.2f} true; "
+                      f"decoding stopped by <eos> {s['stopped_by_eos']:.1f}%, ran out of attributes {s['ran_out']:.1f}%",
+                      ""] + lines)
+
+
+def predictions_csv(paths, names, pred, scores, gt):
+    """One row per image: its path, then for every attribute the 0/1 prediction and the probability the model gave it
+    when it emitted it (0 if it did not), then the ground truth."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["image"] + [f"{k}:{n}" for n in names for k in ("pred", "prob")] + [f"gt:{n}" for n in names])
+    for i, path in enumerate(paths):
+        w.writerow([path] + [v for j in range(len(names)) for v in (int(pred[i, j]), f"{scores[i, j]:.6f}")]
+                   + [int(x) for x in gt[i]])
+    return out.getvalue()
+
+
+def similarity_figure(names, tokens, cell=16):
+    """The cosine similarity of every pair of attribute tokens (the rows of the model's token table) as an A x A
+    heatmap with the names on both axes, red for similar and blue for opposite (the paper's Fig. 4). Returns the
+    picture and the matrix."""
+    t = F.normalize(tokens.detach().float().cpu(), dim=-1)
+    sim = (t @ t.T).numpy()  # (A, A)
+    A, margin = len(names), 6 * max(len(n) for n in names) + 10
+    img = Image.new("RGB", (margin + A * cell, margin + A * cell), "white")
+    draw = ImageDraw.Draw(img)
+    for i in range(A):
+        for j in range(A):
+            v = float(np.clip(sim[i, j], -1, 1))
+            fade = round(255 * (1 - abs(v)))
+            colour = (255, fade, fade) if v > 0 else (fade, fade, 255)
+            draw.rectangle((margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 1,
+                            margin + (i + 1) * cell - 1), fill=colour)
+        draw.text((4, margin + i * cell + 2), names[i], fill="black")
+        label = Image.new("RGB", (margin, cell), "white")  # column names: written sideways, reading upwards
+        ImageDraw.Draw(label).text((4, 2), names[i], fill="black")
+        img.paste(label.rotate(90, expand=True), (margin + i * cell, 0))
+    return img, sim
+
+
+def worst_images(gt, pred, count):
+    """Indices of the `count` images with the most wrong attributes (ties in split order), and their error counts."""
+    errors = (np.asarray(gt) != np.asarray(pred)).sum(1)
+    order = [int(i) for i in np.argsort(-errors, kind="stable")[:count] if errors[i] > 0]
+    return order, [int(errors[i]) for i in order]
+
+
+def failures_figure(images, names, gt, pred, scores, height=160, per_row=4):
+    """A gallery of (path-or-PIL-image, index) pairs, each beside its predicted attributes (with the probability the
+    model gave them; wrong ones in red, marked x) and its true ones (those the model missed in red, marked -): the
+    paper's Fig. 8, for the images it gets most wrong."""
+    tiles = []
+    for img, i in images:
+        img = img.resize((max(1, round(img.width * height / img.height)), height))
+        tile = Image.new("RGB", (img.width + 330, max(height, 14 * (2 + max(gt[i].sum(), pred[i].sum())))), "white")
+        tile.paste(img, (0, 0))
+        draw = ImageDraw.Draw(tile)
+        draw.text((img.width + 8, 2), "predicted", fill="black")
+        draw.text((img.width + 170, 2), "true", fill="black")
+        for k, j in enumerate(np.flatnonzero(pred[i])):
+            wrong = not gt[i, j]
+            draw.text((img.width + 8, 18 + 14 * k), f"{'x' if wrong else ' '} {scores[i, j]:.2f} {names[j]}"[:26],
+                      fill="red" if wrong else "black")
+        for k, j in enumerate(np.flatnonzero(gt[i])):
+            missed = not pred[i, j]
+            draw.text((img.width + 170, 18 + 14 * k), f"{'-' if missed else ' '} {names[j]}"[:26],
+                      fill="red" if missed else "black")
+        tiles.append(tile)
+    width, rows = max(t.width for t in tiles), [tiles[k:k + per_row] for k in range(0, len(tiles), per_row)]
+    sheet = Image.new("RGB", (per_row * width, sum(max(t.height for t in r) for r in rows)), (220, 220, 220))
+    y = 0
+    for r in rows:
+        for k, t in enumerate(r):
+            sheet.paste(t, (k * width, y))
+        y += max(t.height for t in r)
+    return sheet
+
+# -----------------------------------------------------------------------------
+# --eval_only=True, and the reports every run writes
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_reports(cfg, data, split, ckpt_path, step, pred, scores, gt, **extra):
+    """out_dir/metrics_<split>.json (overall, the sequence view, per attribute, and where they come from) and
+    out_dir/predictions_<split>.csv, both written atomically."""
+    indices = data.splits[split]
+    result = dict(checkpoint=ckpt_path, step=step, dataset=cfg.dataset, split=split, beam_size=cfg.beam_size,
+                  images=len(indices), commit=git_commit(), overall=metrics(gt, pred), sequence=sequence_stats(gt, pred),
+                  attributes=dict(zip(data.attr_names, attribute_metrics(gt, pred))), **extra)
+    path = os.path.join(cfg.out_dir, f"metrics_{split}.json")
+    save_atomic(path, lambda f: f.write(json.dumps(result, indent=1).encode()))
+    table = predictions_csv([data.image_paths[i] for i in indices], data.attr_names, pred, scores, gt)
+    save_atomic(os.path.join(cfg.out_dir, f"predictions_{split}.csv"), lambda f: f.write(table.encode()))
+    return path
+
+
+def save_picture(img, path):
+    save_atomic(path, lambda f: img.save(f, format="PNG"))
+
+
+def evaluate_only(cfg):
+    """--eval_only=True: a checkpoint scored on one split, its reports and the two analysis figures; nothing trained."""
+    if int(os.environ.get("RANK", -1)) != -1:
+        raise ValueError("--eval_only=True runs in one process: start it with python, not torchrun")
+    device = resolve_device(cfg.device)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(path)
+    writable_folder(cfg.out_dir)
+    data = load_dataset(cfg.dataset, cfg.root or None)
+    check_attributes(ckpt, path, data.attr_names, f"evaluate it on the dataset it was trained on ({ckpt['dataset']})")
+    if len(data.splits.get(cfg.split, [])) == 0:
+        raise ValueError(f"{cfg.dataset} has no {cfg.split} split; its splits: {', '.join(data.splits)}")
+    indices = data.splits[cfg.split]
+    check_images([data.image_paths[i] for i in indices])
+    model = model_from_checkpoint(ckpt, path).to(device)
+    size = model.clip.config.image_resolution
+    batches = torch.utils.data.DataLoader(PARImages(data, indices, size, train=False), 2 * cfg.batch_size,
+                                          num_workers=cfg.workers)
+    print(f"scoring {path} (step {ckpt['step']}) on {cfg.dataset} {cfg.split}: {len(indices)} images, "
+          f"beam size {cfg.beam_size}")
+    pred, scores, gt = predict(model, batches, device, ctx, cfg.beam_size)
+    print(f"{cfg.split}: " + report(data.attr_names, gt, pred))
+    with torch.no_grad():
+        picture, sim = similarity_figure(data.attr_names, model.token_table()[N_SPECIAL:])
+    save_picture(picture, os.path.join(cfg.out_dir, "similarity.png"))
+    rows = [["attribute"] + data.attr_names] + [[n] + [f"{v:.6f}" for v in r] for n, r in zip(data.attr_names, sim)]
+    save_atomic(os.path.join(cfg.out_dir, "similarity.csv"),
+                lambda f: f.write("".join(",".join(r) + "\n" for r in rows).encode()))
+    worst, errors = worst_images(gt, pred, cfg.pictures)
+    if worst:
+        gallery = failures_figure([(read_image(data.image_paths[indices[i]]), i) for i in worst], data.attr_names, gt,
+                                  pred, scores)
+        save_picture(gallery, os.path.join(cfg.out_dir, f"failures_{cfg.split}.png"))
+    failures = [dict(image=data.image_paths[indices[i]], errors=e) for i, e in zip(worst, errors)]
+    written = write_reports(cfg, data, cfg.split, path, ckpt["step"], pred, scores, gt, failures=failures)
+    print(f"wrote {written}, predictions_{cfg.split}.csv, similarity.png/.csv"
+          + (f", failures_{cfg.split}.png" if worst else "") + f" in {cfg.out_dir}")
+    return metrics(gt, pred)

@@ -1,0 +1,132 @@
+"""evaluate.py and --eval_only: per-attribute metrics by hand, the files a run writes, recomputed from scratch."""
+import csv
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import evaluate
+import sample
+import train
+from conftest import tiny_args
+
+
+def test_attribute_metrics_by_hand():
+    gt = np.array([[1, 0, 1], [0, 0, 0], [1, 1, 0], [1, 0, 0]])
+    pred = np.array([[1, 1, 0], [0, 0, 0], [1, 1, 0], [1, 1, 1]])
+    rows = evaluate.attribute_metrics(gt, pred)
+    # attribute 1: positive in image 2 only (rate 25%); predicted in images 0, 2, 3: TP 1, FP 2, TN 1 of 3 negatives
+    assert rows[1]["rate"] == pytest.approx(25) and rows[1]["recall"] == pytest.approx(100)
+    assert rows[1]["neg_recall"] == pytest.approx(100 / 3) and rows[1]["precision"] == pytest.approx(100 / 3)
+    assert rows[1]["mA"] == pytest.approx((100 + 100 / 3) / 2) and rows[1]["F1"] == pytest.approx(50)
+    # attribute 2: its one positive missed, one false positive: recall 0, precision 0, F1 0, neg recall 2/3
+    assert (rows[2]["recall"], rows[2]["precision"], rows[2]["F1"]) == (0, 0, 0)
+    assert rows[2]["neg_recall"] == pytest.approx(200 / 3)
+    assert np.mean([r["mA"] for r in rows]) == pytest.approx(evaluate.metrics(gt, pred)["mA"])
+    s = evaluate.sequence_stats(gt, pred)  # image 3 emitted the last attribute: decoding ran out there
+    assert s == pytest.approx(dict(emitted=7 / 4, true=5 / 4, stopped_by_eos=75.0, ran_out=25.0))
+    table = evaluate.report(["hat", "hair", "bag"], gt, pred).splitlines()
+    assert table[0].startswith("mA 66.67 | Acc 41.67") and "1.75 emitted, 1.25 true" in table[1]
+    assert re.fullmatch(r"\| hair +\| +25\.00 \| +66\.67 \| +100\.00 \| +33\.33 \| +33\.33 \| +50\.00 \|", table[-2])
+    assert len({len(line) for line in table[3:]}) == 1  # aligned, and a Markdown table
+
+
+def read_predictions(path, names):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    pred = np.array([[int(r[f"pred:{n}"]) for n in names] for r in rows])
+    prob = np.array([[float(r[f"prob:{n}"]) for n in names] for r in rows])
+    gt = np.array([[int(r[f"gt:{n}"]) for n in names] for r in rows])
+    return [r["image"] for r in rows], pred, prob, gt
+
+
+def test_eval_only_writes_what_a_table_is_built_from(trained_run, synth_root, tiny_clip_file, tmp_path, capsys):
+    import data
+    out, _, _ = trained_run
+    shutil.copy(os.path.join(out, "ckpt.pt"), tmp_path / "ckpt.pt")
+    m = train.main([f"--dataset=synth", f"--root={synth_root}", f"--out_dir={tmp_path}", "--eval_only=True",
+                    "--split=val", "--workers=0", "--pictures=5"])
+    log = capsys.readouterr().out
+    d = data.load_dataset("synth", synth_root)
+    paths, pred, prob, gt = read_predictions(tmp_path / "predictions_val.csv", d.attr_names)
+    # the predictions are the model's, the ground truth the dataset's, the metrics recomputed from both
+    assert paths == [d.image_paths[i] for i in d.splits["val"]] and (gt == d.labels[d.splits["val"]]).all()
+    model, _ = sample.load_model(str(tmp_path / "ckpt.pt"))
+    images = torch.stack([sample.Images(paths, 32)[i][1] for i in range(len(paths))])
+    expected_pred, expected_scores = model.generate(images)
+    assert (pred == expected_pred.numpy()).all() and np.allclose(prob, expected_scores.numpy(), atol=1e-5)
+    assert m == evaluate.metrics(d.labels[d.splits["val"]], pred)
+    result = json.loads((tmp_path / "metrics_val.json").read_text())
+    assert result["overall"] == pytest.approx(m)
+    assert set(result) >= {"checkpoint", "step", "dataset", "split", "beam_size", "images", "commit", "overall",
+                           "sequence", "attributes", "failures"}
+    step = torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"]
+    assert (result["step"], result["dataset"], result["split"], result["beam_size"], result["images"]) == \
+        (step, "synth", "val", 1, 32)
+    assert result["checkpoint"] == str(tmp_path / "ckpt.pt") and re.fullmatch(r"[0-9a-f]{40}", result["commit"] or "0" * 40)
+    assert list(result["attributes"]) == d.attr_names
+    for j, name in enumerate(d.attr_names):
+        g, p = gt[:, j].astype(bool), pred[:, j].astype(bool)
+        recall = (g & p).sum() / max(g.sum(), 1e-20)
+        assert result["attributes"][name]["recall"] == pytest.approx(100 * recall)
+        assert result["attributes"][name]["rate"] == pytest.approx(100 * g.mean())
+    assert result["sequence"]["emitted"] == pytest.approx(pred.sum(1).mean())
+    # the gallery: the images with the most wrong attributes
+    errors = (gt != pred).sum(1)
+    assert [f["errors"] for f in result["failures"]] == sorted(errors, reverse=True)[:5]
+    assert all(errors[paths.index(f["image"])] == f["errors"] for f in result["failures"])
+    assert (tmp_path / "failures_val.png").stat().st_size > 0 and (tmp_path / "similarity.png").stat().st_size > 0
+    # the similarity matrix: cosine similarity of the attribute tokens, computed here from the token table
+    with open(tmp_path / "similarity.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == d.attr_names and [r[0] for r in rows[1:]] == d.attr_names
+    with torch.no_grad():
+        tokens = F.normalize(model.token_table()[3:], dim=-1)
+    assert np.allclose(np.array([[float(x) for x in r[1:]] for r in rows[1:]]), (tokens @ tokens.T).numpy(), atol=1e-5)
+    assert "| Female " in log and "decoding stopped by <eos>" in log and "wrote" in log
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_eval_only_refusals(trained_run, tmp_path, tiny_clip_file, monkeypatch):
+    out, _, _ = trained_run
+    root = tmp_path / "other"
+    root.mkdir()
+    (root / "labels.csv").write_text("image,split,hat,bag\n0.png,test,1,0\n")
+    Image.new("RGB", (8, 16)).save(root / "0.png")
+    with pytest.raises(ValueError, match=r"ckpt\.pt was trained on 22 other attributes \(Female, .*\) than this "
+                                         r"dataset's 2; evaluate it on the dataset it was trained on \(synth\)"):
+        train.main([f"--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt", f"--out_dir={tmp_path}",
+                    "--eval_only=True"])
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match=r"--eval_only=True runs in one process: start it with python, not torchrun"):
+        train.main([f"--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt", "--eval_only=True"])
+
+
+def log_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_log_csv_after_a_run_and_a_resume(trained_run, synth_root, tiny_clip_file, tmp_path):
+    out, _, result = trained_run
+    rows = log_rows(os.path.join(out, "log.csv"))
+    best = str(torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"])  # the test row is the selected model's
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", str(s)) for s in range(1, 9)] + [("eval", "8")] + \
+        [("train", str(s)) for s in range(9, 17)] + [("eval", "16"), ("test", best)]
+    assert float(rows[0]["loss"]) > 0 and float(rows[0]["img_per_s"]) > 0 and float(rows[0]["lr"]) > 0
+    assert rows[8]["split"] == "val" and float(rows[-1]["mA"]) == pytest.approx(result["mA"], abs=1e-4)
+    for f in ("ckpt.pt", "last.pt", "log.csv"):
+        shutil.copy(os.path.join(out, f), tmp_path / f)
+    with open(tmp_path / "log.csv", "a") as f:  # rows a killed run logged after its last save are dropped
+        f.write("train,17,2.125,0.5,0.001,0.001,100,,,,,,,\n")
+    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path, "--epochs=3", "--resume=True"))
+    rows = [(r["kind"], r["step"]) for r in log_rows(tmp_path / "log.csv")]
+    assert rows[:19] == [(r["kind"], r["step"]) for r in log_rows(os.path.join(out, "log.csv"))]  # the whole history
+    best = str(torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"])
+    assert rows[19:] == [("train", str(s)) for s in range(17, 25)] + [("eval", "24"), ("test", best)]
