@@ -9,12 +9,13 @@ Shapes: N images, A attributes.
 """
 import csv
 import functools
+import io
 import os
 import pickle
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.io
@@ -33,6 +34,7 @@ class PARData:
     attr_names: list  # A names, in dataset column order
     prompts: list  # A sentences, one per attribute
     splits: dict  # "train", optional "val", "test" -> int64 index arrays into the N images
+    notes: list = field(default_factory=list)  # what the reader decided for the user; summary() prints them
 
 # -----------------------------------------------------------------------------
 # prompts: one short sentence per attribute, the text side of SequencePAR's attribute tokens
@@ -103,7 +105,7 @@ def prompt_for(name):
     return _PREFIXES.get(prefix, "A pedestrian with {}").format(words)
 
 # -----------------------------------------------------------------------------
-# readers of the original annotation files (DESIGN section 3); each gets the dataset root
+# readers of the annotation files as their owners publish them; each gets the dataset root and the file's path
 
 
 def _loadmat(path):
@@ -114,28 +116,60 @@ def _loadmat(path):
         raise ValueError(f"{path}: cannot read it as a MATLAB v5 file ({e})") from None
 
 
-def _record(paths, labels, names, splits):
-    names = [str(n) for n in names]  # loadmat and the pickles give numpy strings
-    labels = (np.asarray(labels) == 1).astype(np.uint8)  # RAP's 2 ("uncertain") and WIDER's -1 count as absent
-    return PARData(list(paths), labels, names, [prompt_for(n) for n in names],
-                   {k: np.asarray(v, dtype=np.int64).ravel() for k, v in splits.items()})
+def _index(a, n, path, name, base=1):
+    # MATLAB files hold 1-based indices, saved as doubles or as any integer type depending on who saved them; the
+    # pickles hold 0-based ones. We want 0-based int64 rows (or columns) of a table of n, or a clear word why not.
+    a = np.asarray(a).ravel()
+    bad = (a != np.round(a)) | (a < base) | (a >= n + base) if a.dtype.kind in "iuf" else np.ones(a.shape, bool)
+    if bad.any():
+        v = f"{a[bad][0]:g}" if a.dtype.kind == "f" else a[bad][0]  # 20, not 20.0, for MATLAB's doubles
+        raise ValueError(f"{path}: {name} holds {v}, expected whole numbers from {base} to {n - 1 + base}")
+    return a.astype(np.int64) - base
 
 
+def _pick(parts, k, path, name, notes):
+    # PETA, RAP and many pickles hold several random partitions of the same images; papers report partition 0
+    if not (isinstance(k, int) and 0 <= k < len(parts)):
+        raise ValueError(f"{path}: --partition={k} is out of range: {name} holds {len(parts)} partition(s), "
+                         f"0 to {len(parts) - 1}")
+    if len(parts) > 1 and f"partition {k} of {len(parts)}" not in notes:
+        notes.append(f"partition {k} of {len(parts)}")
+    return parts[k]
+
+
+def _record(path, paths, labels, names, splits, notes=()):
+    names, labels, notes = [str(n) for n in names], np.asarray(labels), list(notes)  # numpy strings become str
+    other = ~np.isin(labels, (0, 1))
+    if other.any():  # RAP's 2 and the pickles' 2 or -1 mean "uncertain", WIDER's -1 "no": all count as absent
+        values = np.unique(labels[other])
+        if not np.isin(values, (-1, 2)).all():
+            raise ValueError(f"{path}: labels hold {values[~np.isin(values, (-1, 2))][0]}, expected 0 or 1 (2 or -1 "
+                             "for uncertain)")
+        notes.append(f"label values {' and '.join(str(int(v)) for v in values[::-1])} counted as 0: "
+                     f"{other.sum()} cells")
+    return PARData(list(paths), (labels == 1).astype(np.uint8), names, [prompt_for(n) for n in names],
+                   {k: np.asarray(v, dtype=np.int64).ravel() for k, v in splits.items()}, notes)
+
+
+# These orders choose the evaluated columns (35 of PETA's 105; RAPv2's 54 `selected_attribute`) and fix the target
+# sequence, so the order in which the decoder emits attributes. They are `group_order` of Rethinking-of-PAR's
+# dataset/pedes_attr/preprocess/format_peta.py and format_rap2.py (https://github.com/valencebond/Rethinking_of_PAR):
+# head, upper body, lower body, shoes, carried things, then age and gender (RAPv2: body shape, role, action last).
 PETA_ORDER = [10, 18, 19, 30, 15, 7, 9, 11, 14, 21, 26, 29, 32, 33, 34, 6, 8, 12, 25, 27, 31, 13, 23, 24, 28, 4, 5,
-              17, 20, 22, 0, 1, 2, 3, 16]  # groups related attributes: accessories, hair, upper, lower, shoes, ...
+              17, 20, 22, 0, 1, 2, 3, 16]
 RAPV2_ORDER = list(range(10, 45)) + [1, 2, 3, 4, 0, 5, 6, 7, 8, 9] + list(range(45, 54))
 
 
-def read_peta(root, path):
-    p = _loadmat(path)["peta"][0][0]
+def read_peta(root, path, partition=0):
+    p, notes = _loadmat(path)["peta"][0][0], []
     data = p[0]  # (N, 109): 4 metadata columns, then 105 labels
     if data.ndim != 2 or data.shape[1] != 109:
         raise ValueError(f"{path}: peta data is {data.shape}, expected (N, 109): 4 metadata columns and 105 labels")
     names = [p[1][j][0][0] for j in range(105)]
-    part = p[3][0][0][0][0]  # partition 0 of 5
-    splits = {s: part[k][:, 0] - 1 for k, s in enumerate(("train", "val", "test"))}
+    part = _pick(p[3], partition, path, "peta's partitions", notes)[0][0][0]
+    splits = {s: _index(part[k], len(data), path, f"{s}_index") for k, s in enumerate(("train", "val", "test"))}
     paths = [os.path.join(root, "images", f"{i + 1:05}.png") for i in range(len(data))]
-    return _record(paths, data[:, 4:][:, PETA_ORDER], [names[j] for j in PETA_ORDER], splits)
+    return _record(path, paths, data[:, 4:][:, PETA_ORDER], [names[j] for j in PETA_ORDER], splits, notes)
 
 
 def read_pa100k(root, path):
@@ -150,29 +184,30 @@ def read_pa100k(root, path):
     names = [x[0][0] for x in m["attributes"]]
     if labels.shape != (n, len(names)):
         raise ValueError(f"{path}: labels are {labels.shape}, expected ({n}, {len(names)}) for the images and names")
-    return _record(paths, labels, names, splits)
+    return _record(path, paths, labels, names, splits)
 
 
-def read_rapv1(root, path):
-    r = _loadmat(path)["RAP_annotation"][0][0]
+def read_rapv1(root, path, partition=0):
+    r, notes = _loadmat(path)["RAP_annotation"][0][0], []
     paths = [os.path.join(root, "RAP_dataset", x[0][0]) for x in r[5]]
     labels, names = r[1], [x[0][0] for x in r[3]]
     if labels.shape != (len(paths), 92) or len(names) != 92:
         raise ValueError(f"{path}: labels are {labels.shape} with {len(names)} names, expected ({len(paths)}, 92)")
-    part = r[0][0][0][0][0]  # partition 0 of 5: trainval and test, 1-based rows
-    return _record(paths, labels[:, :51], names[:51], {"train": part[0][0, :] - 1, "test": part[1][0, :] - 1})
+    part = _pick(r[0], partition, path, "RAP's partitions", notes)[0][0][0]  # trainval and test, 1-based rows
+    splits = {s: _index(part[k], len(paths), path, f"{s}_index") for k, s in enumerate(("train", "test"))}
+    return _record(path, paths, labels[:, :51], names[:51], splits, notes)
 
 
-def read_rapv2(root, path):
-    r = _loadmat(path)["RAP_annotation"]
+def read_rapv2(root, path, partition=0):
+    r, notes = _loadmat(path)["RAP_annotation"], []
     paths = [os.path.join(root, "RAP_dataset", x[0][0]) for x in r["name"][0][0]]
     names, labels = [x[0][0] for x in r["attribute"][0][0]], r["data"][0][0]
     if labels.shape != (len(paths), len(names)):
         raise ValueError(f"{path}: data is {labels.shape}, expected ({len(paths)}, {len(names)}) for images and names")
-    cols = (r["selected_attribute"][0][0][0] - 1)[RAPV2_ORDER]  # 54 columns, 1-based in the file
-    part = r["partition_attribute"][0][0][0][0]  # partition 0 of 5
-    splits = {s: part[f"{s}_index"][0][0][0] - 1 for s in ("train", "val", "test")}
-    return _record(paths, labels[:, cols], [names[j] for j in cols], splits)
+    cols = _index(r["selected_attribute"][0][0], len(names), path, "selected_attribute")[RAPV2_ORDER]
+    part = _pick(r["partition_attribute"][0][0][0], partition, path, "partition_attribute", notes)
+    splits = {s: _index(part[f"{s}_index"][0][0], len(paths), path, f"{s}_index") for s in ("train", "val", "test")}
+    return _record(path, paths, labels[:, cols], [names[j] for j in cols], splits, notes)
 
 
 def read_wider(root, path):
@@ -191,21 +226,22 @@ def read_wider(root, path):
         splits[split] = np.arange(len(paths), len(paths) + len(files))
         paths += [os.path.join(root, x) for x in files]
         labels += [[int(v) for v in r] for r in rows]
-    return _record(paths, np.array(labels).reshape(-1, len(names)), names, splits)
+    return _record(path, paths, np.array(labels).reshape(-1, len(names)), names, splits)
 
 
-class _SplitUnpickler(pickle.Unpickler):
-    # a pickle can run any function it names, so we read Rethinking-of-PAR's EasyDicts as dicts, numpy arrays, and
-    # nothing else (DESIGN section 7); the easydict package need not be installed
+class _DataUnpickler(pickle.Unpickler):
+    # a pickle can run any function it names, so we read the dataset pickles of Rethinking-of-PAR and OpenPAR as
+    # dicts (their EasyDicts), lists, numpy arrays and nothing else; the easydict package need not be installed
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "range"), ("_codecs", "encode")} | {
-        (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+        (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")} | {
+        (m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")}  # arrays under pickle protocol 5
 
     def find_class(self, module, name):
         if (module, name) == ("easydict", "EasyDict"):
             return _EasyDict
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise ValueError(f"refusing to load {module}.{name}: a split file holds only dicts and numpy arrays")
+        raise ValueError(f"refusing to load {module}.{name}: a dataset pickle holds only dicts, lists and numpy arrays")
 
 
 class _EasyDict(dict):
@@ -213,45 +249,86 @@ class _EasyDict(dict):
         self.update(state)
 
 
-def read_zs(root, path, image_dir):
+def read_pkl(root, path, images="", partition=0):
     with open(path, "rb") as f:
         try:
-            d = _SplitUnpickler(f).load()
+            d = _DataUnpickler(f).load()
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-        except (pickle.UnpicklingError, EOFError) as e:
-            raise ValueError(f"{path}: not a readable pickle ({e})") from None
-    cols = list(d["label_idx"]["eval"]) if "label_idx" in d else list(range(len(d["attr_name"])))
-    parts = {s: d["partition"][s] for s in ("train", "val", "test")}
-    splits = {s: p[0] if isinstance(p, list) else p for s, p in parts.items()}  # a list holds one array per partition
-    paths = [os.path.join(root, image_dir, str(x)) for x in d["image_name"]]
-    return _record(paths, np.asarray(d["label"])[:, cols], [d["attr_name"][j] for j in cols], splits)
+        except (pickle.UnpicklingError, EOFError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+    keys = set(d) if isinstance(d, dict) else set()
+    if not {"image_name", "label", "partition"} <= keys or not {"attr_name", "attributes"} & keys:
+        raise ValueError(f"{path}: holds {', '.join(map(str, d)) if isinstance(d, dict) else type(d).__name__}; "
+                         "expected a dict of image_name, label, attr_name (or attributes) and partition")
+    folder = os.path.join(root, images)  # the pickle's own `root` is a path on the machine that made it: unused
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder} not found: the images of {path} are expected there; name their folder "
+                                "under the root with --images=SUBDIR")
+    names, labels, notes, parts = list(d.get("attr_name", d.get("attributes"))), np.asarray(d["label"]), [], {}
+    if labels.shape != (len(d["image_name"]), len(names)):
+        raise ValueError(f"{path}: label is {labels.shape}, expected ({len(d['image_name'])}, {len(names)}): one row "
+                         "per image_name, one column per attribute name")
+    cols = range(len(names))  # the evaluated columns, in the order of the target sequence
+    if "label_idx" in d:
+        cols = _index(d["label_idx"]["eval"], len(names), path, "label_idx.eval", base=0)
+    for s, p in d["partition"].items():
+        if s in ("train", "val", "trainval", "test") and len(p):  # each an index array, or a list of them
+            p = _pick(p if np.ndim(p[0]) else [p], partition, path, f"partition.{s}", notes)
+            parts[s] = _index(p, len(labels), path, f"partition.{s}", base=0)
+    if "test" not in parts or "train" not in parts and "trainval" not in parts:
+        raise ValueError(f"{path}: partition holds {', '.join(parts) or 'no split'}; expected test and train or "
+                         "trainval")
+    if "train" in parts:  # trainval, where present, is train + val
+        splits = {s: parts[s] for s in ("train", "val", "test") if s in parts}
+    else:  # trainval and test only, as for RAPv1: we train on trainval, and val (if any) is part of it
+        splits = {"train": parts["trainval"], "test": parts["test"]}
+    if "val" not in splits:
+        notes.append(f"no val split: training on {'train' if 'train' in parts else 'trainval'}, evaluating on test "
+                     "and keeping the last model")
+    paths = [os.path.join(folder, str(x)) for x in d["image_name"]]
+    return _read_prompts(_record(path, paths, labels[:, cols], [names[j] for j in cols], splits, notes), path)
+
+
+def _csv_rows(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:  # utf-8-sig drops the byte-order mark that spreadsheet programs write first
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}: line {line} is not UTF-8 (byte {raw[e.start]:#04x}); save it as UTF-8") from None
+    return [(i, r) for i, r in enumerate(csv.reader(io.StringIO(text, newline="")), 1) if r]  # blank lines skipped
+
+
+def _read_prompts(data, path):
+    # an optional prompts.csv next to the annotation file: attribute,prompt rows that replace our sentences
+    prompts_path = os.path.join(os.path.dirname(path), "prompts.csv")
+    rows = _csv_rows(prompts_path)[1:] if os.path.exists(prompts_path) else []  # after the header
+    for _, r in rows:
+        if len(r) != 2 or r[0] not in data.attr_names:
+            raise ValueError(f"{prompts_path}: row {','.join(r)} is not attribute,prompt for an attribute read from "
+                             f"{os.path.basename(path)}")
+        data.prompts[data.attr_names.index(r[0])] = r[1]
+    return data
 
 
 def read_csv(root, path):
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
-    if not rows or rows[0][:2] != ["image", "split"] or len(rows[0]) < 3:
-        raise ValueError(f"{path}: header is {','.join(rows[0][:4]) if rows else 'empty'}..., "
+    rows = _csv_rows(path)  # (line number, cells)
+    if not rows or rows[0][1][:2] != ["image", "split"] or len(rows[0][1]) < 3:
+        raise ValueError(f"{path}: header is {','.join(rows[0][1][:4]) if rows else 'empty'}..., "
                          "expected image,split,<attr1>,<attr2>,...")
-    names, body = rows[0][2:], rows[1:]  # image paths are relative to the folder
-    for i, r in enumerate(body):
+    names, body = rows[0][1][2:], [r for _, r in rows[1:]]  # image paths are relative to the folder
+    if not body:
+        raise ValueError(f"{path}: no images: the header is followed by no rows")
+    for i, r in rows[1:]:
         if len(r) != len(names) + 2 or r[1] not in ("train", "val", "test") or set(r[2:]) - {"0", "1"}:
-            raise ValueError(f"{path}: line {i + 2} is {','.join(r[:4])}..., expected an image path, a split "
+            raise ValueError(f"{path}: line {i} is {','.join(r[:4])}..., expected an image path, a split "
                              f"(train, val or test) and {len(names)} cells of 0 or 1")
     split = np.array([r[1] for r in body])
     labels = (np.array([r[2:] for r in body]) == "1").reshape(len(body), len(names))
-    data = _record([os.path.join(root, r[0]) for r in body], labels, names,
-                   {s: np.flatnonzero(split == s) for s in ("train", "val", "test") if (split == s).any()})
-    prompts_path = os.path.join(root, "prompts.csv")  # optional: attribute,prompt rows overriding the defaults
-    if os.path.exists(prompts_path):
-        with open(prompts_path, newline="") as f:
-            for r in list(csv.reader(f))[1:]:
-                if len(r) != 2 or r[0] not in names:
-                    raise ValueError(f"{prompts_path}: row {','.join(r)} is not attribute,prompt for an "
-                                     "attribute of labels.csv")
-                data.prompts[names.index(r[0])] = r[1]
-    return data
+    return _read_prompts(_record(path, [os.path.join(root, r[0]) for r in body], labels, names, {
+        s: np.flatnonzero(split == s) for s in ("train", "val", "test") if (split == s).any()}), path)
 
 
 PETA_URL, RAP_URL = "http://mmlab.ie.cuhk.edu.hk/projects/PETA.html", "http://www.rapdataset.com/"
@@ -266,23 +343,40 @@ DATASETS = {  # name: (reader, annotation file under the root, what the root hol
     "wider": (read_wider, "Annotations/trainval_name.txt", "Annotations/{trainval,test}_{name,gt_label}.txt, "
               "Annotations/attr_name.txt and the images",
               "the dataset is published at http://mmlab.ie.cuhk.edu.hk/projects/WIDERAttribute.html"),
-    "peta_zs": (functools.partial(read_zs, image_dir="images"), "dataset_zs_run0.pkl",
+    "peta_zs": (functools.partial(read_pkl, images="images"), "dataset_zs_run0.pkl",
                 "dataset_zs_run0.pkl and images/", ZS + PETA_URL),
-    "rap_zs": (functools.partial(read_zs, image_dir="RAP_dataset"), "dataset_zs_run0.pkl",
+    "rap_zs": (functools.partial(read_pkl, images="RAP_dataset"), "dataset_zs_run0.pkl",
                "dataset_zs_run0.pkl and RAP_dataset/", ZS + RAP_URL),
+    "pkl": (read_pkl, None, "one dataset pickle (image_name, label, attr_name or attributes, partition; choose it "
+            "with --pkl=FILE) and its images (in the root, or --images=SUBDIR)", "MSP60K's is published at "
+            "https://github.com/Event-AHU/OpenPAR; Rethinking-of-PAR's dataset/pedes_attr/preprocess scripts "
+            "(https://github.com/valencebond/Rethinking_of_PAR) write them for PETA, PA100K and RAP"),
     "csv": (read_csv, "labels.csv", "labels.csv (header image,split,<attr1>,... then one row of 0/1 cells per image, "
             "image paths relative to the folder) and the images", "see read_csv in data.py"),
     "synth": (read_csv, "labels.csv", "labels.csv and images/", "python synth.py draws it"),
 }
+PICKLES = ("peta_zs", "rap_zs", "pkl")  # the datasets that take --pkl and --images
+PARTITIONED = ("peta", "rapv1", "rapv2") + PICKLES  # and those that take --partition
 
 
-def load_dataset(name, root=None):
-    """Reads dataset `name` from `root` (default data/<name>) into a PARData; synth is drawn on first use."""
+def load_dataset(name, root=None, *, pkl=None, images=None, partition=0):
+    """Reads dataset `name` from `root` (default data/<name>) into a PARData; synth is drawn on first use. Pickles take
+    `pkl` (the file under root; for `pkl` the one there) and `images` (their folder under root); `partition` picks
+    one of several random partitions (0, the one papers report)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
+    if (pkl or images) and name not in PICKLES:
+        raise ValueError(f"--pkl and --images are options of the pickle datasets ({', '.join(PICKLES)}), not of {name}")
+    if partition != 0 and name not in PARTITIONED:
+        raise ValueError(f"--partition={partition}: {name} has one partition; {', '.join(PARTITIONED)} have several")
     reader, ann, holds, where = DATASETS[name]
     root = root or os.path.join("data", name)
-    path = os.path.join(root, ann)
+    if name == "pkl" and not pkl:  # the one pickle in the root
+        found = sorted(f for f in os.listdir(root) if f.endswith(".pkl")) if os.path.isdir(root) else []
+        if len(found) > 1:
+            raise ValueError(f"{root} holds several pickles ({', '.join(found)}); choose one with --pkl=FILE")
+        ann = found[0] if found else "*.pkl"
+    path = os.path.join(root, pkl or ann)
     if name == "synth" and not os.path.exists(path):
         print(f"synth: {path} not found, drawing {synth.N} images into {root} ...", end=" ", flush=True)
         t0 = time.time()
@@ -290,8 +384,9 @@ def load_dataset(name, root=None):
         print(f"done in {time.time() - t0:.0f} s")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: the {name} reader expects {holds} under {root}; {where}")
+    opts = ({"partition": partition} if name in PARTITIONED else {}) | ({"images": images} if images else {})
     try:
-        data = reader(root, path)
+        data = reader(root, path, **opts)
     except (KeyError, IndexError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not laid out as the {name} release ({type(e).__name__}: {e})") from None
     n, a = data.labels.shape
@@ -305,7 +400,7 @@ def load_dataset(name, root=None):
     return data
 
 # -----------------------------------------------------------------------------
-# images: pad to square, resize, augment (DESIGN section 1), and the torch Dataset
+# images: pad to square, resize, augment as the paper does, and the torch Dataset
 
 
 class PadToSquare:
@@ -397,12 +492,14 @@ def summary(name, data):
     rates = data.labels.mean(0) if n else np.zeros(a)
     lines = [f"{name}: {n} images, {a} attributes; " + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())]
     lines += [f"  {rate:6.1%}  {attr:<24} {p}" for attr, p, rate in zip(data.attr_names, data.prompts, rates)]
+    lines += [f"note: {note}" for note in data.notes]
     return "\n".join(lines + [f"first image: {data.image_paths[0] if n else '-'}"])
 
 
-USAGE = ("usage: python data.py <name> [--root=DIR] [--decode=True]: reads the dataset, prints its attributes, "
-         "splits and positive rates, and checks that every image is there (with --decode=True, that each one opens); "
-         f"names: {', '.join(DATASETS)} (to draw the synthetic set anew: python synth.py)")
+USAGE = ("usage: python data.py <name> [--root=DIR] [--pkl=FILE --images=SUBDIR] [--partition=K] [--decode=True]: "
+         "reads the dataset, prints its attributes, splits and positive rates, and checks that every image is there "
+         f"(with --decode=True, that each one opens); names: {', '.join(DATASETS)} (to draw the synthetic set anew: "
+         "python synth.py)")
 
 
 def main(argv):
@@ -411,13 +508,15 @@ def main(argv):
         return
     names = [x for x in argv if not x.startswith("--")]
     opts = dict(x[2:].partition("=")[::2] for x in argv if x.startswith("--"))
-    if len(names) != 1 or set(opts) - {"root", "decode"} or opts.get("decode", "False") not in ("True", "False") or \
-            not all(opts.values()):
+    decode = opts.pop("decode", "False")
+    if len(names) != 1 or set(opts) - {"root", "pkl", "images", "partition"} or not all(opts.values()) or \
+            not opts.get("partition", "0").isdigit() or decode not in ("True", "False"):
         raise ValueError(f"{USAGE}; got {' '.join(argv) or 'nothing'}")
-    data = load_dataset(names[0], opts.get("root"))
+    data = load_dataset(names[0], opts.get("root"), pkl=opts.get("pkl"), images=opts.get("images"),
+                        partition=int(opts.get("partition", 0)))
     print(summary(names[0], data), flush=True)
-    check_images(data.image_paths, decode=opts.get("decode") == "True")
-    print(f"all {len(data.image_paths)} images are there" + (" and open" if opts.get("decode") == "True" else ""))
+    check_images(data.image_paths, decode=decode == "True")
+    print(f"all {len(data.image_paths)} images are there" + (" and open" if decode == "True" else ""))
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def evaluate_only(cfg):
     path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = load_checkpoint(path)
     writable_folder(cfg.out_dir)
-    data = load_dataset(cfg.dataset, cfg.root or None)
+    data = load_dataset(cfg.dataset, cfg.root or None, pkl=cfg.pkl, images=cfg.images, partition=cfg.partition)
     check_attributes(ckpt, path, data.attr_names, f"evaluate it on the dataset it was trained on ({ckpt['dataset']})")
     if len(data.splits.get(cfg.split, [])) == 0:
         raise ValueError(f"{cfg.dataset} has no {cfg.split} split; its splits: {', '.join(data.splits)}")

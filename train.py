@@ -41,6 +41,9 @@ class TrainConfig:
     # data
     dataset: str = "peta"
     root: str = ""                # "" reads data/<dataset>
+    pkl: str = ""                 # a dataset pickle under root (pkl: "" takes the only one there)
+    images: str = ""              # the pickle datasets' image folder under root ("" is the dataset's default)
+    partition: int = 0           # which of a dataset's random partitions (PETA, RAP and the pickles have several)
     workers: int = 4              # DataLoader processes per GPU
     # model
     clip: str = "ViT-L/14"        # an official name, a CLIP checkpoint file, or "tiny" (small, random, no download)
@@ -130,6 +133,7 @@ def check_config(cfg):
              ("eval_interval", cfg.eval_interval >= 0, "0 (once per epoch) or more steps"),
              ("log_interval", cfg.log_interval > 0, "a positive number of steps"),
              ("beam_size", cfg.beam_size >= 1, "1 (greedy) or more"), ("workers", cfg.workers >= 0, "0 or more"),
+             ("partition", cfg.partition >= 0, "0 or more"),
              ("split", cfg.split in ("train", "val", "test"), "train, val or test"), ("pictures", cfg.pictures >= 0, "0 or more"),
              ("n_layer", cfg.n_layer >= 1, "1 or more"), ("n_head", cfg.n_head >= 1, "1 or more"),
              ("dropout", 0 <= cfg.dropout < 1, "a probability below 1")]
@@ -176,6 +180,13 @@ def check_resume(ckpt, path, model, attr_names):
     if changed:
         raise ValueError(f"{path} holds another model: {', '.join(changed)}; resume with the options it was trained "
                          f"with, or use another --out_dir")
+
+
+def read_data(cfg, log=print):
+    data = load_dataset(cfg.dataset, cfg.root or None, pkl=cfg.pkl, images=cfg.images, partition=cfg.partition)
+    for note in data.notes:
+        log(f"{cfg.dataset}: {note}")
+    return data
 
 
 def build_model(cfg, data):
@@ -308,7 +319,7 @@ def main(argv):
     # split the run needs must be there and every image file present: better now than hours into a run.
     if ddp and not master:
         dist.barrier()
-    data = load_dataset(cfg.dataset, cfg.root or None)
+    data = read_data(cfg, log)
     eval_split = "val" if "val" in data.splits else "test"  # RAPv1 and WIDER publish no validation split
     needed = list(dict.fromkeys(("train", eval_split, "test")))
     for split in needed:

@@ -47,13 +47,17 @@ def tiny_image(path, colour=(200, 30, 30), size=(4, 8)):
     Image.new("RGB", size, colour).save(path)
 
 
-def write_peta(root, n=20, columns=109):
+# Who saved a MAT file decides whether its indices and labels are doubles or integers: every reader takes either.
+DTYPES = [(np.float64, np.float64), (np.uint8, np.uint8), (np.int32, np.uint16), (np.uint16, np.float64)]
+
+
+def write_peta(root, n=20, columns=109, index=np.float64, label=np.float64):
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, (n, columns)).astype(np.float64)
+    labels = rng.integers(0, 2, (n, columns)).astype(label)
     labels[:, :4] = 7  # metadata columns
     names = PETA_RAW + [f"extra{j}" for j in range(70)]
-    parts = [{"train_index": np.array([[3], [1], [2]]) + k, "val_index": np.array([[10], [11]]),
-              "test_index": np.array([[20], [19]])} for k in range(5)]  # 1-based; partition k shifts train by k
+    parts = [{"train_index": np.array([[3], [1], [2]], index) + k, "val_index": np.array([[10], [11]], index),
+              "test_index": np.array([[20], [19]], index)} for k in range(5)]  # 1-based; partition k shifts train by k
     scipy.io.savemat(os.path.join(root, "PETA.mat"), {"peta": {
         "data": labels, "attribute": cell(names, (105, 1)), "selected_attribute": np.arange(1, 36)[None],
         "partition_attribute": cell(parts, (5, 1))}})
@@ -61,10 +65,12 @@ def write_peta(root, n=20, columns=109):
     return labels, names
 
 
-def test_peta(tmp_path):
-    labels, names = write_peta(str(tmp_path))
-    m = scipy.io.loadmat(tmp_path / "PETA.mat")  # the fixture nests exactly as DESIGN section 3 indexes the file
+@pytest.mark.parametrize("index,label", DTYPES)
+def test_peta(tmp_path, index, label):
+    labels, names = write_peta(str(tmp_path), index=index, label=label)
+    m = scipy.io.loadmat(tmp_path / "PETA.mat")  # the fixture nests as the published PETA.mat does
     assert m["peta"][0][0][0].shape == (20, 109) and m["peta"][0][0][1][15][0][0] == "hairLong"
+    assert m["peta"][0][0][0].dtype == label and m["peta"][0][0][3][0][0][0][0][0][0].dtype == index
     assert list(m["peta"][0][0][3][0][0][0][0][2][:, 0] - 1) == [19, 18]
     d = data.load_dataset("peta", str(tmp_path))
     assert d.attr_names == PETA_35 and len(d.prompts) == 35
@@ -75,6 +81,12 @@ def test_peta(tmp_path):
     assert d.image_paths[0] == os.path.join(str(tmp_path), "images", "00001.png")
     assert d.image_paths[19].endswith(os.path.join("images", "00020.png"))
     assert d.prompts[0] == "A pedestrian wearing a hat" and d.prompts[34] == "A male pedestrian"
+    assert d.notes == ["partition 0 of 5"]
+    d = data.load_dataset("peta", str(tmp_path), partition=4)  # PETA.mat holds 5 random partitions
+    assert list(d.splits["train"]) == [6, 4, 5] and d.notes == ["partition 4 of 5"]
+    with pytest.raises(ValueError, match=r"PETA\.mat: --partition=5 is out of range: peta's partitions holds 5 "
+                                         r"partition\(s\), 0 to 4$"):
+        data.load_dataset("peta", str(tmp_path), partition=5)
 
 
 def test_pa100k(tmp_path):
@@ -94,12 +106,14 @@ def test_pa100k(tmp_path):
     assert d.prompts[PA100K_26.index("boots")] == "A pedestrian wearing boots"
 
 
-def test_rapv1(tmp_path):
+@pytest.mark.parametrize("index,label", DTYPES)
+def test_rapv1(tmp_path, index, label):
     n = 12
-    labels = np.random.default_rng(2).integers(0, 3, (n, 92)).astype(np.uint8)  # 2 is RAP's "uncertain"
+    labels = np.random.default_rng(2).integers(0, 3, (n, 92)).astype(label)  # 2 is RAP's "uncertain"
     names = [f"attr{j}" for j in range(92)]
     names[:3] = ["Female", "AgeLess16", "ub-ShortSleeve"]
-    parts = [{"train_index": np.array([[5, 1, 2]]) + k, "test_index": np.array([[12, 7]])} for k in range(5)]
+    parts = [{"train_index": np.array([[5, 1, 2]], index) + k, "test_index": np.array([[12, 7]], index)}
+             for k in range(5)]
     files = [f"CAM01_2014-02-15_{i:08}.png" for i in range(n)]
     scipy.io.savemat(tmp_path / "RAP_annotation.mat", {"RAP_annotation": {  # fields in the real file's order
         "partion": cell(parts, (5, 1)), "label": labels, "attribute_chinese": cell(names, (92, 1)),
@@ -115,30 +129,53 @@ def test_rapv1(tmp_path):
     assert list(d.splits["train"]) == [4, 0, 1] and list(d.splits["test"]) == [11, 6]
     assert d.image_paths[3] == os.path.join(str(tmp_path), "RAP_dataset", files[3])
     assert d.prompts[:3] == ["A female pedestrian", "A pedestrian younger than 16", "A pedestrian in short sleeves"]
+    assert d.notes == ["partition 0 of 5", f"label values 2 counted as 0: {(labels[:, :51] == 2).sum()} cells"]
+    assert list(data.load_dataset("rapv1", str(tmp_path), partition=2).splits["train"]) == [6, 2, 3]
 
 
 RAPV2_ORDER = list(range(10, 45)) + [1, 2, 3, 4, 0, 5, 6, 7, 8, 9] + list(range(45, 54))
 
 
-def test_rapv2(tmp_path):
+def write_rapv2(root, index=np.float64, label=np.uint8, selected=np.arange(60, 6, -1)):
     n, a = 10, 60
-    labels = np.random.default_rng(3).integers(0, 3, (n, a)).astype(np.uint8)
+    labels = np.random.default_rng(3).integers(0, 3, (n, a)).astype(label)
     names = [f"attr{j}" for j in range(a)]
-    selected = np.arange(a, 6, -1)[:54]  # 1-based columns 60 down to 7
-    parts = [{"train_index": np.array([[1, 2, 3]]) + k, "val_index": np.array([[9]]), "test_index": np.array([[10, 4]])}
-             for k in range(5)]
+    parts = [{"train_index": np.array([[1, 2, 3]], index) + k, "val_index": np.array([[9]], index),
+              "test_index": np.array([[10, 4]], index)} for k in range(5)]
     files = [f"CAM{i:02}-2014.png" for i in range(n)]
-    os.makedirs(tmp_path / "RAP_annotation")
-    scipy.io.savemat(tmp_path / "RAP_annotation" / "RAP_annotation.mat", {"RAP_annotation": {
+    os.makedirs(os.path.join(root, "RAP_annotation"), exist_ok=True)
+    scipy.io.savemat(os.path.join(root, "RAP_annotation", "RAP_annotation.mat"), {"RAP_annotation": {
         "name": cell(files, (n, 1)), "position": np.zeros((n, 16)), "attribute": cell(names, (a, 1)), "data": labels,
-        "selected_attribute": selected[None], "partition_attribute": cell(parts, (1, 5))}})
-    tiny_image(str(tmp_path / "RAP_dataset" / files[0]))
+        "selected_attribute": selected.astype(index)[None], "partition_attribute": cell(parts, (1, 5))}})
+    tiny_image(os.path.join(root, "RAP_dataset", files[0]))
+    return labels, names, files
+
+
+@pytest.mark.parametrize("index,label", DTYPES)
+def test_rapv2(tmp_path, index, label):
+    labels, names, files = write_rapv2(str(tmp_path), index, label)
+    selected = np.arange(60, 6, -1)  # 1-based columns 60 down to 7
     d = data.load_dataset("rapv2", str(tmp_path))
     cols = [selected[k] - 1 for k in RAPV2_ORDER]
     assert d.attr_names == [names[c] for c in cols]
     assert (d.labels == (labels[:, cols] == 1)).all()
     assert [list(d.splits[s]) for s in ("train", "val", "test")] == [[0, 1, 2], [8], [9, 3]]
     assert d.image_paths[-1] == os.path.join(str(tmp_path), "RAP_dataset", files[-1])
+    assert list(data.load_dataset("rapv2", str(tmp_path), partition=1).splits["train"]) == [1, 2, 3]
+
+
+def test_mat_indices_must_be_whole_and_in_range(tmp_path):
+    write_rapv2(str(tmp_path), selected=np.arange(60, 6, -1) - 0.5)
+    with pytest.raises(ValueError, match=r"RAP_annotation\.mat: selected_attribute holds 59\.5, expected whole numbers "
+                                         r"from 1 to 60$"):
+        data.load_dataset("rapv2", str(tmp_path))
+    write_rapv2(str(tmp_path), selected=np.arange(61, 7, -1))
+    with pytest.raises(ValueError, match=r"selected_attribute holds 61, expected whole numbers from 1 to 60"):
+        data.load_dataset("rapv2", str(tmp_path))
+    os.makedirs(tmp_path / "p")
+    write_peta(str(tmp_path / "p"), n=19)  # its test split names image 20
+    with pytest.raises(ValueError, match=r"PETA\.mat: test_index holds 20, expected whole numbers from 1 to 19$"):
+        data.load_dataset("peta", str(tmp_path / "p"))
 
 
 WIDER_14 = "Male longHair sunglass Hat Tshirt longSleeve formal shorts jeans longPants skirt faceMask logo stripe"
@@ -190,7 +227,8 @@ def easydict_module(monkeypatch):
     return EasyDict
 
 
-@pytest.mark.parametrize("name,image_dir,protocol", [("peta_zs", "images", 3), ("rap_zs", "RAP_dataset", 4)])
+@pytest.mark.parametrize("name,image_dir,protocol", [("peta_zs", "images", 3), ("rap_zs", "RAP_dataset", 4),
+                                                     ("peta_zs", "images", 5)])
 def test_zero_shot_pickle(tmp_path, easydict_module, name, image_dir, protocol):
     n = 8
     label = np.random.default_rng(5).integers(0, 3, (n, 12)).astype(np.float64)
@@ -213,6 +251,7 @@ def test_zero_shot_pickle(tmp_path, easydict_module, name, image_dir, protocol):
     assert (out.labels == (label[:, [4, 0, 2]] == 1)).all()
     assert [list(out.splits[s]) for s in ("train", "val", "test")] == [[0, 3, 5], [1], [7, 2]]
     assert out.image_paths[2] == os.path.join(str(tmp_path), image_dir, "00003.png")
+    assert out.notes == [f"label values 2 counted as 0: {(label[:, [4, 0, 2]] == 2).sum()} cells"]
 
 
 class Exploit:
@@ -223,13 +262,141 @@ class Exploit:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_zero_shot_pickle_refuses_other_classes(tmp_path):
+@pytest.mark.parametrize("name,file", [("peta_zs", "dataset_zs_run0.pkl"), ("pkl", "msp60k.pkl")])
+def test_pickle_refuses_other_classes(tmp_path, name, file):
     marker = tmp_path / "marker"
-    with open(tmp_path / "dataset_zs_run0.pkl", "wb") as f:
+    with open(tmp_path / file, "wb") as f:
         pickle.dump({"image_name": ["00001.png"], "label": Exploit(marker)}, f)
-    with pytest.raises(ValueError, match=r"dataset_zs_run0.pkl: refusing to load (posix|os|nt)\.system"):
-        data.load_dataset("peta_zs", str(tmp_path))
+    with pytest.raises(ValueError, match=rf"{file}: refusing to load (posix|os|nt)\.system: a dataset pickle holds "
+                                         r"only dicts, lists and numpy arrays$"):
+        data.load_dataset(name, str(tmp_path))
     assert not marker.exists()
+
+
+def write_pickle(path, easydict, protocol=4, **fields):
+    """A dataset pickle as Rethinking-of-PAR and OpenPAR write them: an EasyDict of plain data."""
+    path.write_bytes(pickle.dumps(easydict(fields), protocol=protocol))
+
+
+def test_pkl_with_lists_of_partitions(tmp_path, easydict_module, capsys):
+    # as Rethinking-of-PAR's format_peta.py writes dataset_all.pkl: 5 random partitions, evaluated columns reordered
+    n = 10
+    label = np.random.default_rng(6).integers(-1, 3, (n, 6))  # 2 and -1 mark uncertain cells
+    trains = [np.array([0, 1, 2]) + k for k in range(5)]
+    write_pickle(tmp_path / "dataset_all.pkl", easydict_module, description="peta", reorder="group_order",
+                 root="/mnt/data1/somebody/PETA/images", image_name=[f"{i + 1:05}.png" for i in range(n)], label=label,
+                 attr_name=[f"attr{j}" for j in range(6)], label_idx={"eval": [3, 1, 5], "color": [0], "extra": [2, 4]},
+                 partition={"train": trains, "val": [np.array([8])] * 5, "trainval": [np.r_[t, 8] for t in trains],
+                            "test": [np.array([9, 7])] * 5},
+                 weight_train=[label.mean(0)] * 5, weight_trainval=[label.mean(0)] * 5)
+    tiny_image(str(tmp_path / "images" / "00001.png"))
+    d = data.load_dataset("pkl", str(tmp_path), images="images")
+    assert d.attr_names == ["attr3", "attr1", "attr5"] and (d.labels == (label[:, [3, 1, 5]] == 1)).all()
+    assert [list(d.splits[s]) for s in ("train", "val", "test")] == [[0, 1, 2], [8], [9, 7]]
+    assert d.image_paths[3] == os.path.join(str(tmp_path), "images", "00004.png")
+    uncertain = np.isin(label[:, [3, 1, 5]], (2, -1)).sum()
+    assert uncertain > 0 and d.notes == ["partition 0 of 5", f"label values 2 and -1 counted as 0: {uncertain} cells"]
+    d = data.load_dataset("pkl", str(tmp_path), images="images", partition=1)
+    assert list(d.splits["train"]) == [1, 2, 3] and d.notes[0] == "partition 1 of 5"
+    with pytest.raises(ValueError, match=r"dataset_all\.pkl: --partition=5 is out of range: partition\.train holds 5 "
+                                         r"partition\(s\), 0 to 4$"):
+        data.load_dataset("pkl", str(tmp_path), images="images", partition=5)
+    with pytest.raises(FileNotFoundError, match=r"^9 of 10 images are missing: .*images/00002\.png"):
+        data.main(["pkl", f"--root={tmp_path}", "--images=images", "--partition=1"])  # the summary, then what is missing
+    out = capsys.readouterr().out
+    assert out.startswith("pkl: 10 images, 3 attributes; train 3, val 1, test 2\n")
+    assert "note: partition 1 of 5\n" in out and f"note: label values 2 and -1 counted as 0: {uncertain} cells" in out
+
+
+MSP = ["Female", "Child", "Long hair", "Cotton-padded coat", "Riding a bicycle"]
+
+
+def test_pkl_of_msp60k_layout(tmp_path, easydict_module):
+    # OpenPAR's MSP60K: names under `attributes`, no label_idx, one partition as arrays, images next to the pickle
+    label = np.random.default_rng(7).integers(0, 2, (6, 5)).astype(np.uint8)
+    write_pickle(tmp_path / "dataset_ms_split1.pkl", easydict_module, attributes=MSP, label=label,
+                 image_name=[f"scene{i % 2}/{i:06}.jpg" for i in range(6)],
+                 partition={"trainval": np.array([0, 1, 2, 3]), "test": np.array([5, 4])})
+    tiny_image(str(tmp_path / "scene0" / "000000.jpg"))
+    d = data.load_dataset("pkl", str(tmp_path))  # the one .pkl in the root, the images under the root
+    assert d.attr_names == MSP and (d.labels == label).all()
+    assert list(d.splits) == ["train", "test"] and list(d.splits["train"]) == [0, 1, 2, 3]
+    assert list(d.splits["test"]) == [5, 4]
+    assert d.notes == ["no val split: training on trainval, evaluating on test and keeping the last model"]
+    assert d.image_paths[3] == os.path.join(str(tmp_path), "scene1", "000003.jpg")
+    assert d.prompts[:4] == ["A female pedestrian", "A pedestrian with child", "A pedestrian with long hair",
+                             "A pedestrian with cotton padded coat"]
+    (tmp_path / "prompts.csv").write_text("\ufeffattribute,prompt\nChild,A child\n", encoding="utf-8")
+    assert data.load_dataset("pkl", str(tmp_path)).prompts[:2] == ["A female pedestrian", "A child"]
+    (tmp_path / "prompts.csv").write_text("attribute,prompt\nChildren,A child\n")
+    with pytest.raises(ValueError, match=r"prompts\.csv: row Children,A child is not attribute,prompt for an attribute "
+                                         r"read from dataset_ms_split1\.pkl$"):
+        data.load_dataset("pkl", str(tmp_path))
+
+
+@pytest.mark.parametrize("partition,splits,note", [
+    ({"train": [0, 1], "val": [2], "trainval": [0, 1, 2], "test": [3]}, {"train": [0, 1], "val": [2], "test": [3]},
+     []),
+    ({"trainval": np.array([0, 1, 2]), "val": np.array([2]), "test": np.array([3])}, {"train": [0, 1, 2], "test": [3]},
+     ["no val split: training on trainval, evaluating on test and keeping the last model"]),
+    ({"train": np.array([0, 1]), "val": np.array([], np.int64), "test": np.array([3])},  # an empty val is no val
+     {"train": [0, 1], "test": [3]},
+     ["no val split: training on train, evaluating on test and keeping the last model"]),
+])
+def test_pkl_splits(tmp_path, easydict_module, partition, splits, note):
+    # train, val and trainval: trainval is their union; trainval without train: val is inside it, so unused
+    write_pickle(tmp_path / "a.pkl", easydict_module, attr_name=["Hat"], label=np.eye(4, 1), partition=partition,
+                 image_name=["0.png", "1.png", "2.png", "3.png"])
+    tiny_image(str(tmp_path / "0.png"))
+    d = data.load_dataset("pkl", str(tmp_path))
+    assert {s: list(ix) for s, ix in d.splits.items()} == splits and d.notes == note
+
+
+def test_pkl_errors(tmp_path, easydict_module):
+    root = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"\*\.pkl not found: the pkl reader expects one dataset pickle .*"
+                                                r"github\.com/Event-AHU/OpenPAR"):
+        data.load_dataset("pkl", root)
+    fields = dict(attr_name=["Hat", "Bag"], label=np.array([[1, 0], [0, 1]]), image_name=["a.png", "b.png"],
+                  partition={"train": np.array([0]), "test": np.array([1])})
+    write_pickle(tmp_path / "b.pkl", easydict_module, **fields)
+    write_pickle(tmp_path / "a.pkl", easydict_module, **{**fields, "attr_name": ["Hat", "Coat"]})
+    with pytest.raises(ValueError, match=rf"^{tmp_path} holds several pickles \(a\.pkl, b\.pkl\); choose one with "
+                                         r"--pkl=FILE$"):
+        data.load_dataset("pkl", root)
+    tiny_image(str(tmp_path / "a.png"))
+    assert data.load_dataset("pkl", root, pkl="a.pkl").attr_names == ["Hat", "Coat"]
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path}/imgs not found: the images of {tmp_path}/b\.pkl are "
+                                                r"expected there; name their folder under the root with "
+                                                r"--images=SUBDIR$"):
+        data.load_dataset("pkl", root, pkl="b.pkl", images="imgs")
+    (tmp_path / "dataset_zs_run0.pkl").write_bytes((tmp_path / "a.pkl").read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"/RAP_dataset not found: the images of .*--images=SUBDIR$"):
+        data.load_dataset("rap_zs", root)
+    for bad, message in [({**fields, "label": np.array([[1, 0], [3, 1]])},
+                          r"labels hold 3, expected 0 or 1 \(2 or -1 for uncertain\)$"),
+                         ({**fields, "label": np.ones((3, 2))}, r"label is \(3, 2\), expected \(2, 2\)"),
+                         ({**fields, "partition": {"train": np.array([0])}},
+                          r"partition holds train; expected test and train or trainval$"),
+                         ({**fields, "partition": {"train": np.array([0.5]), "test": np.array([1])}},
+                          r"partition\.train holds 0\.5, expected whole numbers from 0 to 1$"),
+                         ({k: v for k, v in fields.items() if k != "partition"},
+                          r"b\.pkl: holds attr_name, label, image_name; expected a dict of image_name, label, "
+                          r"attr_name \(or attributes\) and partition$")]:
+        write_pickle(tmp_path / "b.pkl", easydict_module, **bad)
+        with pytest.raises(ValueError, match=message):
+            data.load_dataset("pkl", root, pkl="b.pkl")
+    (tmp_path / "b.pkl").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(ValueError, match=r"b\.pkl: holds list; expected a dict of image_name"):
+        data.load_dataset("pkl", root, pkl="b.pkl")
+    (tmp_path / "b.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match=r"b\.pkl: not a readable pickle"):
+        data.load_dataset("pkl", root, pkl="b.pkl")
+    with pytest.raises(ValueError, match=r"^--pkl and --images are options of the pickle datasets \(peta_zs, rap_zs, "
+                                         r"pkl\), not of peta$"):
+        data.load_dataset("peta", root, pkl="a.pkl")
+    with pytest.raises(ValueError, match=r"^--partition=1: csv has one partition; peta, rapv1, rapv2, peta_zs"):
+        data.load_dataset("csv", root, partition=1)
 
 
 def write_csv(root, rows, header="image,split,hat,long hair"):
@@ -250,6 +417,25 @@ def test_csv(tmp_path):
     assert data.load_dataset("csv", str(tmp_path)).prompts[1] == "Someone whose hair is long"
     (tmp_path / "prompts.csv").write_text("attribute,prompt\nbeard,A man with a beard\n")
     with pytest.raises(ValueError, match="prompts.csv: row beard,A man with a beard is not attribute,prompt"):
+        data.load_dataset("csv", str(tmp_path))
+
+
+def test_csv_byte_order_mark_encoding_and_empty(tmp_path):
+    # spreadsheet programs put a byte-order mark first; it must not become part of the first column's name
+    text = "image,split,hat,café\na.png,train,1,0\n\nb.png,test,0,1\n"
+    (tmp_path / "labels.csv").write_bytes(text.encode("utf-8-sig"))
+    tiny_image(str(tmp_path / "a.png"))
+    d = data.load_dataset("csv", str(tmp_path))
+    assert d.attr_names == ["hat", "café"] and d.labels.tolist() == [[1, 0], [0, 1]] and list(d.splits["test"]) == [1]
+    (tmp_path / "prompts.csv").write_bytes(b"attribute,prompt\nhat,A hat\ncaf\xe9,Coffee\n")  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r"prompts\.csv: line 3 is not UTF-8 \(byte 0xe9\); save it as UTF-8$"):
+        data.load_dataset("csv", str(tmp_path))
+    os.remove(tmp_path / "prompts.csv")
+    (tmp_path / "labels.csv").write_bytes(b"image,split,hat\na.png,train,1\n\ncaf\xe9.png,test,0\n")
+    with pytest.raises(ValueError, match=r"labels\.csv: line 4 is not UTF-8 \(byte 0xe9\); save it as UTF-8$"):
+        data.load_dataset("csv", str(tmp_path))
+    (tmp_path / "labels.csv").write_text("image,split,hat,long hair\n\n")
+    with pytest.raises(ValueError, match=r"labels\.csv: no images: the header is followed by no rows$"):
         data.load_dataset("csv", str(tmp_path))
 
 
@@ -294,8 +480,8 @@ def test_annotation_of_the_wrong_shape(tmp_path):
         f.write("1 0 1\n")
     with pytest.raises(ValueError, match=r"test_gt_label\.txt: expected 2 rows .* of 14 values"):
         data.load_dataset("wider", str(tmp_path / "w"))
-    write_csv(str(tmp_path / "c"), ["a.png,train,1,0", "b.png,train,1,yes"])
-    with pytest.raises(ValueError, match=r"labels\.csv: line 3 is b\.png,train,1,yes\.\.\., expected an image path"):
+    write_csv(str(tmp_path / "c"), ["a.png,train,1,0", "", "b.png,train,1,yes"])  # blank lines count as lines
+    with pytest.raises(ValueError, match=r"labels\.csv: line 4 is b\.png,train,1,yes\.\.\., expected an image path"):
         data.load_dataset("csv", str(tmp_path / "c"))
     write_csv(str(tmp_path / "c"), ["a.png,train,1,0"], header="path,hat")
     with pytest.raises(ValueError, match=r"labels\.csv: header is path,hat\.\.\., expected image,split,<attr1>"):
@@ -399,6 +585,7 @@ def test_summary_command_checks_every_image(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("peta: 20 images, 35 attributes; train 3, val 2, test 2")
     assert "accessoryHat" in out and f"first image: {tmp_path}/images/00001.png" in out
+    assert "\nnote: partition 0 of 5\n" in out
     for i in range(2, 21):
         tiny_image(str(tmp_path / "images" / f"{i:05}.png"))
     data.main(["peta", f"--root={tmp_path}"])
@@ -417,4 +604,4 @@ def test_script_prints_one_line_errors():
     r = subprocess.run([sys.executable, "data.py", "nosuch"], capture_output=True, text=True,
                        cwd=os.path.dirname(os.path.abspath(data.__file__)))
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "error: unknown dataset 'nosuch'; known: peta, pa100k, rapv1, rapv2, wider, peta_zs, rap_zs, csv, synth"]
+        "error: unknown dataset 'nosuch'; known: peta, pa100k, rapv1, rapv2, wider, peta_zs, rap_zs, pkl, csv, synth"]
