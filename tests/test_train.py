@@ -138,3 +138,24 @@ def test_ddp_with_gloo(synth_root, tiny_clip_file, tmp_path):
     assert len(names) == 22
     pred, _ = model.generate(torch.randn(2, 3, 32, 32))
     assert pred.shape == (2, 22)
+
+
+def test_trains_on_a_dataset_pickle(synth_root, tiny_clip_file, tmp_path):
+    # the synthetic set as a community-prepared pickle: names, labels, a list of partitions, trainval and test only
+    import pickle
+
+    import data
+    d = data.load_dataset("synth", synth_root)
+    names = [os.path.relpath(p, os.path.join(synth_root, "images")) for p in d.image_paths]
+    parts = {"trainval": [np.r_[d.splits["train"], d.splits["val"]]], "test": [d.splits["test"]]}
+    with open(tmp_path / "dataset_synth.pkl", "wb") as f:
+        pickle.dump({"image_name": names, "label": d.labels.astype(np.float64), "attr_name": d.attr_names,
+                     "partition": parts, "root": "/somewhere/else"}, f)
+    os.symlink(os.path.join(synth_root, "images"), tmp_path / "pictures")
+    out = tmp_path / "out"
+    m = train.main([f"--dataset=pkl", f"--root={tmp_path}", "--images=pictures", f"--clip={tiny_clip_file}",
+                    f"--out_dir={out}", "--epochs=1", "--warmup_epochs=0.2", "--batch_size=32", "--workers=0", "--lr=3e-3"])
+    assert set(m) == {"mA", "Acc", "Prec", "Rec", "F1", "F1_hm"}
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["attr_names"] == d.attr_names and ckpt["step"] == 9  # 288 trainval images: 9 batches of 32
+    assert os.path.exists(out / "metrics_test.json") and os.path.exists(out / "predictions_test.csv")
