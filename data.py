@@ -9,7 +9,9 @@ Shapes: N images, A attributes.
 """
 import csv
 import functools
+import hashlib
 import io
+import multiprocessing
 import os
 import pickle
 import re
@@ -413,12 +415,15 @@ class PadToSquare:
         return out
 
 
+def crop_pad(size):
+    return max(1, round(10 * size / 224))  # the paper's Pad(10) is for 224 px; we keep its share of small images
+
+
 def build_transform(size, train):
     """PIL image -> (3, size, size) float: pad to square, resize, for training Pad + RandomCrop + flip, CLIP's stats."""
     ops = [PadToSquare(), T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)]
-    if train:
-        pad = max(1, round(10 * size / 224))  # the paper's Pad(10) is for 224 px; we keep its share of small images
-        ops += [T.Pad(pad), T.RandomCrop(size), T.RandomHorizontalFlip()]  # no attribute here is left/right-specific
+    if train:  # no attribute here is left/right-specific, so a flip keeps every label true
+        ops += [T.Pad(crop_pad(size)), T.RandomCrop(size), T.RandomHorizontalFlip()]
     return T.Compose(ops + [T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
@@ -483,6 +488,58 @@ class PARImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.transform(read_image(self.paths[i])), self.labels[i]
+
+
+# -----------------------------------------------------------------------------
+# the same images as one tensor, for a set that fits in memory: decoded once, augmented on whole batches
+
+
+def _square(job):
+    path, size = job  # the transform's deterministic part: pad to square and resize, kept as 8-bit pixels
+    img = T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)(PadToSquare()(read_image(path)))
+    return np.asarray(img).transpose(2, 0, 1).copy()  # (3, size, size) uint8
+
+
+def load_images(paths, size, cache):
+    """All images as one uint8 tensor (N, 3, size, size), padded to square and resized exactly as build_transform
+    does: decoded once, in parallel, and kept in the file `cache` (rebuilt when any image's size or time changes)."""
+    stamp = hashlib.sha1("".join(f"{p}\t{os.stat(p).st_size}\t{os.stat(p).st_mtime_ns}\n" for p in paths).encode())
+    if os.path.exists(cache):
+        try:
+            saved = torch.load(cache, weights_only=True)
+            if saved["stamp"] == stamp.hexdigest() and saved["images"].shape == (len(paths), 3, size, size):
+                return saved["images"]
+        except Exception:  # a cache we cannot read is simply rebuilt
+            pass
+    print(f"decoding {len(paths)} images into {cache} ...", end=" ", flush=True)
+    t0 = time.time()
+    with multiprocessing.Pool(os.cpu_count()) as pool:
+        images = torch.from_numpy(np.stack(pool.map(_square, [(p, size) for p in paths], chunksize=256)))
+    tmp = cache + ".tmp"  # written whole, then renamed: a killed run leaves no half cache
+    torch.save(dict(stamp=stamp.hexdigest(), images=images), tmp)
+    os.replace(tmp, cache)
+    print(f"done in {time.time() - t0:.0f} s")
+    return images
+
+
+def normalize(x):
+    # uint8 (B, 3, S, S) -> CLIP's statistics, as ToTensor + Normalize do
+    mean, std = torch.tensor(MEAN, device=x.device), torch.tensor(STD, device=x.device)
+    return (x.float() / 255 - mean[:, None, None]) / std[:, None, None]
+
+
+def augment(x, pad, shifts=None, flips=None):
+    """The training transform's random part on a batch of uint8 images (B, 3, S, S): Pad(pad) with black, a random
+    S x S crop and a random horizontal flip, as in build_transform, then normalize. shifts (B, 2) (top, left) and
+    flips (B,) bool may be given; by default they are drawn from torch's generator."""
+    B, _, S, _ = x.shape
+    shifts = torch.randint(0, 2 * pad + 1, (B, 2)) if shifts is None else shifts
+    flips = torch.rand(B) < 0.5 if flips is None else flips
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows = (shifts[:, 0, None] + torch.arange(S))[:, None, :, None]  # (B, 1, S, 1)
+    cols = shifts[:, 1, None] + torch.arange(S)  # (B, S)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, None, :]  # (B, 1, 1, S)
+    return normalize(x[torch.arange(B)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols])
 
 # -----------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import clip
 from checkpoint import check_attributes, load_checkpoint, resolve_device, save_atomic, writable_folder
-from data import PARImages, check_images, load_dataset
+from data import PARImages, augment, check_images, crop_pad, load_dataset, load_images, normalize
 from decoder import DecoderConfig, SequencePAR, labels_to_targets
 from evaluate import evaluate_only, format_metrics, metrics, predict, report, write_reports
 
@@ -45,6 +45,7 @@ class TrainConfig:
     images: str = ""              # the pickle datasets' image folder under root ("" is the dataset's default)
     partition: int = 0           # which of a dataset's random partitions (PETA, RAP and the pickles have several)
     workers: int = 4              # DataLoader processes per GPU
+    preload: bool = False         # decode every image once into one uint8 tensor in memory (for small sets: synth)
     # model
     clip: str = "ViT-L/14"        # an official name, a CLIP checkpoint file, or "tiny" (small, random, no download)
     n_layer: int = 6
@@ -218,6 +219,31 @@ def lr_factor(progress, warmup):
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
 
 
+def make_batches(cfg, data, size, sampler, cuda):
+    """The training batches, without end, and a function that gives a split's evaluation batches: through a
+    DataLoader of PIL transforms, or with --preload=True cut from one uint8 tensor of every image, augmented on whole
+    batches (the same pad, crop and flip), which spares a small model the per-image Python of the PIL pipeline."""
+    eval_size = 2 * sampler.batch_size
+    if cfg.preload:
+        cache = os.path.join(cfg.root or os.path.join("data", cfg.dataset), f".images-{size}px.pt")
+        pixels, labels = load_images(data.image_paths, size, cache), torch.from_numpy(data.labels)
+        train = torch.from_numpy(data.splits["train"])
+
+        def train_batches():
+            for batch in sampler:
+                chosen = train[batch]
+                yield augment(pixels[chosen], crop_pad(size)), labels[chosen]
+
+        def eval_batches(split):
+            return ((normalize(pixels[i]), labels[i]) for i in torch.from_numpy(data.splits[split]).split(eval_size))
+        return train_batches(), eval_batches
+    loader_args = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0)
+    train_loader = torch.utils.data.DataLoader(PARImages(data, data.splits["train"], size, train=True),
+                                               batch_sampler=sampler, **loader_args)
+    return iter(train_loader), lambda split: torch.utils.data.DataLoader(
+        PARImages(data, data.splits[split], size, train=False), eval_size, **loader_args)
+
+
 class CSVLog:
     """out_dir/log.csv: a row per logged step and per evaluation, appended as training goes. A fresh run starts it
     anew; a resumed run keeps the rows up to the step it resumes from."""
@@ -355,15 +381,12 @@ def main(argv):
     if ddp:
         model = DDP(model, device_ids=[local_rank] if cuda else None)
 
-    size = raw_model.clip.config.image_resolution
     sampler = EpochBatches(len(data.splits["train"]), per_process, cfg.seed, rank, world, start_step=step)
-    loader_args = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0)
-    train_batches = iter(torch.utils.data.DataLoader(PARImages(data, data.splits["train"], size, train=True),
-                                                     batch_sampler=sampler, **loader_args))
-
-    def eval_batches(split):
-        return torch.utils.data.DataLoader(PARImages(data, data.splits[split], size, train=False), per_process * 2,
-                                           **loader_args)
+    if ddp and not master:  # the master decodes a --preload cache first
+        dist.barrier()
+    train_batches, eval_batches = make_batches(cfg, data, raw_model.clip.config.image_resolution, sampler, cuda)
+    if ddp and master:
+        dist.barrier()
 
     def checkpoint(metrics_now):
         return dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, best_mA=best,

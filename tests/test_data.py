@@ -565,6 +565,39 @@ def test_images_are_read_as_a_viewer_shows_them(tmp_path):
         data.read_image(str(tmp_path / "huge.png"))
 
 
+def test_the_tensor_pipeline_equals_the_pil_transform(tmp_path):
+    import torchvision.transforms.functional as TF
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate([(20, 40), (33, 17), (32, 32)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    cache = str(tmp_path / "cache.pt")
+    images = data.load_images(paths, 32, cache)
+    assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8
+    for i, p in enumerate(paths):  # evaluation: exactly build_transform's output
+        torch.testing.assert_close(data.normalize(images[i:i + 1])[0], data.build_transform(32, False)(data.read_image(p)),
+                                   rtol=0, atol=1e-6)
+    # training: for the same crop offsets and flips, exactly the PIL Pad + crop + flip
+    pad = data.crop_pad(32)
+    shifts, flips = torch.tensor([[0, 0], [2 * pad, 1], [1, 2 * pad]]), torch.tensor([False, True, True])
+    out = data.augment(images, pad, shifts, flips)
+    for i, p in enumerate(paths):
+        img = TF.resize(data.PadToSquare()(data.read_image(p)), [32, 32], interpolation=TF.InterpolationMode.BICUBIC)
+        img = TF.crop(TF.pad(img, pad), int(shifts[i, 0]), int(shifts[i, 1]), 32, 32)
+        img = TF.hflip(img) if flips[i] else img
+        torch.testing.assert_close(out[i], TF.normalize(TF.to_tensor(img), MEAN, STD), rtol=0, atol=1e-6)
+    torch.manual_seed(0)
+    a, b = data.augment(images, pad), data.augment(images, pad)
+    assert a.shape == (3, 3, 32, 32) and not torch.equal(a, b)  # random crops and flips by default
+    # the cache is reused while the images stay as they are, and rebuilt when one changes
+    os.utime(cache, (1, 1))
+    assert torch.equal(data.load_images(paths, 32, cache), images) and os.stat(cache).st_mtime == 1
+    Image.new("RGB", (20, 40), (255, 0, 0)).save(paths[0])
+    again = data.load_images(paths, 32, cache)
+    assert not torch.equal(again[0], images[0]) and torch.equal(again[1:], images[1:])
+
+
 def test_images_of_any_mode_become_rgb(tmp_path):
     paths = []
     for mode in ("L", "RGBA", "P", "CMYK"):

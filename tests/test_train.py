@@ -159,3 +159,15 @@ def test_trains_on_a_dataset_pickle(synth_root, tiny_clip_file, tmp_path):
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert ckpt["attr_names"] == d.attr_names and ckpt["step"] == 9  # 288 trainval images: 9 batches of 32
     assert os.path.exists(out / "metrics_test.json") and os.path.exists(out / "predictions_test.csv")
+
+
+def test_preloaded_images_train_too(synth_root, tiny_clip_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    train.main(tiny_args(synth_root, tiny_clip_file, out, "--preload=True"))
+    log = capsys.readouterr().out
+    assert os.path.exists(os.path.join(synth_root, ".images-32px.pt")) and "decoding 320 images" in log
+    values = losses(log)
+    assert len(values) == 16 and np.mean(values[-4:]) < 0.9 * np.mean(values[:4])
+    assert log.count("eval step") == 2 and torch.load(out / "last.pt", weights_only=True)["step"] == 16
+    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "again", "--preload=True", "--epochs=1"))
+    assert "decoding 320 images" not in capsys.readouterr().out  # the cache is reused
