@@ -115,10 +115,12 @@ class VisionTransformer(nn.Module):
         # CLIP cuts the image into patches with one strided convolution (conv1). A small model trained from scratch
         # learns far faster with a few convolutions first (Xiao et al. 2021, "Early convolutions help transformers
         # see better"); each halves the resolution and doubles the channels up to the width; conv1 does the rest.
-        chans = [3] + [width >> (stem - 1 - i) for i in range(stem)]
+        # Example: stem 3, width 128 gives channels 3, 32, 64, 128, and conv1 covers the remaining patch_size // 8.
+        chans = [3] + [width // 2 ** (stem - 1 - i) for i in range(stem)]
         self.stem = nn.Sequential(*[m for c_in, c_out in zip(chans, chans[1:]) for m in (
             nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())])
-        self.conv1 = nn.Conv2d(chans[-1], width, kernel_size=patch_size >> stem, stride=patch_size >> stem, bias=False)
+        rest = patch_size // 2 ** stem
+        self.conv1 = nn.Conv2d(chans[-1], width, kernel_size=rest, stride=rest, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = nn.LayerNorm(width)
