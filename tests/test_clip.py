@@ -4,6 +4,7 @@ import http.server
 import os
 import threading
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -75,6 +76,8 @@ def test_matches_open_clip(name):
         assert torch.equal(logits_per_text, logits_per_image.t())
     assert ours.config.vision_heads == SHAPES[name]["vision_width"] // 64
     assert ours.config.image_resolution == res and ours.config.vision_layers == 1
+    # the table of released sizes agrees with what the weights' shapes say (the fixture has 1 layer each)
+    assert ours.config == replace(clip.config(name), vision_layers=1, transformer_layers=1)
 
 
 def test_all_tokens():
@@ -238,3 +241,16 @@ def test_conv_stem_keeps_the_token_grid():
     # released models have no stem, so their state dicts gain no keys
     assert not [k for k in clip.CLIP(clip.CLIPConfig(vision_layers=1, transformer_layers=1)).state_dict()
                 if k.startswith("visual.stem")]
+
+
+def test_config_table():
+    assert list(clip._CONFIGS) == clip.available_models()
+    config = clip.config("ViT-L/14@336px")
+    assert (config.embed_dim, config.image_resolution, config.vision_layers, config.vision_width,
+            config.vision_heads, config.vision_patch_size, config.transformer_width,
+            config.transformer_heads) == (768, 336, 24, 1024, 16, 14, 768, 12)
+    config.vision_layers = 1
+    assert clip.config("ViT-L/14@336px").vision_layers == 24  # callers get a copy of the table's row
+    with pytest.raises(ValueError, match=r"^unknown CLIP model 'ViT-H/14'; available models: ViT-B/32, ViT-B/16, "
+                                         r"ViT-L/14, ViT-L/14@336px$"):
+        clip.config("ViT-H/14")
