@@ -8,6 +8,7 @@ Shapes: B batch, N image tokens (1 + grid^2), L text positions, C transformer wi
 nh heads, hs head size (C = nh * hs).
 """
 import hashlib
+import http.client
 import math
 import os
 import sys
@@ -262,7 +263,7 @@ def _download(url, root):
     fd, tmp = tempfile.mkstemp(dir=root, prefix=os.path.basename(url) + ".", suffix=".tmp")
     try:
         h, done = hashlib.sha256(), 0
-        with urllib.request.urlopen(url) as source, os.fdopen(fd, "wb") as out:
+        with urllib.request.urlopen(url, timeout=60) as source, os.fdopen(fd, "wb") as out:
             total = int(source.headers.get("Content-Length") or 0)
             for chunk in iter(lambda: source.read(1 << 20), b""):
                 out.write(chunk)
@@ -270,13 +271,18 @@ def _download(url, root):
                 done += len(chunk)
                 print(f"\rdownloading {os.path.basename(url)}: {done / 2**20:.0f}"
                       + (f" / {total / 2**20:.0f}" if total else "") + " MiB", end="", file=sys.stderr)
+            out.flush()
+            os.fsync(out.fileno())  # on disk before the rename, so a crash cannot leave the name over half a file
         print(file=sys.stderr)
         if h.hexdigest() != expected:
             raise ValueError(f"downloaded {url} has SHA256 {h.hexdigest()}, expected {expected}")
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, (OSError, http.client.HTTPException)):  # no network, refused, timed out, HTTP error
+            raise ValueError(f"could not download {url} ({getattr(e, 'reason', e)}); put the file there by hand "
+                             f"as {target} (SHA256 {expected}), or pass clip.load the path of a copy") from None
         raise
     return target
 

@@ -2,6 +2,7 @@
 import hashlib
 import http.server
 import os
+import re
 import threading
 import warnings
 from dataclasses import replace
@@ -254,3 +255,31 @@ def test_config_table():
     with pytest.raises(ValueError, match=r"^unknown CLIP model 'ViT-H/14'; available models: ViT-B/32, ViT-B/16, "
                                          r"ViT-L/14, ViT-L/14@336px$"):
         clip.config("ViT-H/14")
+
+
+def test_no_network(tmp_path, monkeypatch):
+    # a port that nothing listens on any more: the download fails at once
+    server = Server(str(tmp_path))
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    sha = "1" * 64
+    url = f"http://127.0.0.1:{server.port}/{sha}/ViT-T.pt"
+    monkeypatch.setattr(clip, "_MODELS", {"ViT-T": url})
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the default cache is ~/.cache/clip
+    cache = tmp_path / "home" / ".cache" / "clip"
+    with pytest.raises(ValueError, match=re.escape(f"could not download {url} (") + r"[^\n]*Connection refused\); "
+                       + re.escape(f"put the file there by hand as {cache / 'ViT-T.pt'} (SHA256 {sha}), or pass "
+                                   "clip.load the path of a copy") + "$"):
+        clip.load("ViT-T")
+    assert os.listdir(cache) == []
+
+
+def test_missing_on_the_server(tmp_path, monkeypatch):
+    server = Server(str(tmp_path))  # serves an empty folder: every request gets 404
+    url = f"http://127.0.0.1:{server.port}/{'2' * 64}/ViT-U.pt"
+    monkeypatch.setattr(clip, "_MODELS", {"ViT-U": url})
+    with pytest.raises(ValueError, match="^" + re.escape(f"could not download {url} (File not found); put the file "
+                                                         f"there by hand as {tmp_path / 'cache' / 'ViT-U.pt'} (SHA256")):
+        clip.load("ViT-U", download_root=str(tmp_path / "cache"))
+    assert server.requests == 1 and os.listdir(tmp_path / "cache") == []
+    server.httpd.shutdown()
