@@ -4,17 +4,24 @@ CLIP, written out: the ViT image encoder, the causal text transformer, and a loa
 Parameter names are CLIP's own, so an official state dict loads with strict=True and no mapping table. Everything
 runs in fp32; attention goes through F.scaled_dot_product_attention.
 
+Loading runs no code from the file: OpenAI's TorchScript archives are read as data (see _read_torchscript).
+
 Shapes: B batch, N image tokens (1 + grid^2), L text positions, C transformer width, D joint embedding width,
 nh heads, hs head size (C = nh * hs).
 """
+import ast
+import collections
 import hashlib
 import http.client
 import math
 import os
+import pickle
+import re
 import sys
 import tempfile
 import urllib.request
 import warnings
+import zipfile
 from dataclasses import dataclass, replace
 
 import torch
@@ -200,6 +207,9 @@ class CLIP(nn.Module):
 def build_model(state_dict):
     """A CLIP (fp32, eval mode) from an official ViT state dict; every setting is read off the tensor shapes."""
     sd = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise ValueError(f"not a CLIP state dict: its entry {k!r} holds a {type(v).__name__}, not a tensor")
 
     def shape(key):
         if key not in sd:
@@ -287,27 +297,150 @@ def _download(url, root):
     return target
 
 
+# Reading weights without running code. OpenAI's files are TorchScript archives: zip files holding the model's code
+# (code/*.py) next to its data (data.pkl, a pickle of the module objects, with each tensor's bytes in data/<key>).
+# torch.jit.load would run that code, so we read the data alone: our unpickler knows tensors and stand-ins for the
+# module objects, and refuses everything else.
+_DTYPES = {"HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+           "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+           "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+           "BoolStorage": torch.bool}
+_RELEASED = {url.split("/")[-2] for url in _MODELS.values()}  # the SHA256 of OpenAI's four files
+_CONVERT = ("if you trust the file, convert it once to a state dict with "
+            "torch.save(torch.jit.load(path, map_location='cpu').state_dict(), 'clip_state_dict.pt')")
+
+
+class _Scripted:
+    # stands in for one TorchScript object of data.pkl: it keeps its class name and its state and runs nothing
+    qualname, state = "", None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _read_torchscript(z, top):
+    storages, classes = {}, {}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module == "__torch__" or module.startswith("__torch__."):  # the archive's own (module) classes
+                return type(name, (_Scripted,), {"qualname": f"{module}.{name}"})
+            if module == "torch" and name in _DTYPES:
+                return _DTYPES[name]
+            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                return lambda storage, offset, size, stride, *flags: storage.as_strided(size, stride, offset)
+            if (module, name) == ("collections", "OrderedDict"):  # the (empty) backward hooks of each tensor
+                return collections.OrderedDict
+            if module == "torch.jit._pickle":  # these only restore the static type of a list: we keep the list
+                return lambda value, *type_name: value
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no archive of weights needs")
+
+        def persistent_load(self, pid):  # ("storage", dtype, key, device, numel): one tensor's bytes
+            _, dtype, key, _, _ = pid
+            if key not in storages:
+                data = bytearray(z.read(f"{top}data/{key}"))
+                storages[key] = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+            return storages[key]
+
+    def declared(qualname):
+        # The code of each class lists which of its attributes are parameters and buffers, the two kinds of tensor
+        # in state_dict(); any other tensor attribute (OpenAI's attn_mask, say) is not a weight. We read the lines
+        # `__parameters__ = ["weight", "bias", ]` and `__buffers__ = [...]` under the class line as text.
+        if qualname not in classes:
+            module, _, name = qualname.rpartition(".")
+            code = z.read(f"{top}code/{module.replace('.', '/')}.py").decode()
+            m = re.search(rf"^class {re.escape(name)}\b.*\n\s+__parameters__ = (\[.*\])(\n\s+__buffers__ = (\[.*\]))?",
+                          code, re.M)
+            if m is None:
+                raise ValueError(f"its code does not declare the parameters of {qualname}")
+            classes[qualname] = ast.literal_eval(m[1]) + ast.literal_eval(m[3] or "[]")
+        return classes[qualname]
+
+    def walk(obj, prefix, out):
+        # the order of state_dict(): a module's parameters, then its buffers, then its submodules
+        if not isinstance(obj.state, dict):
+            raise ValueError(f"{obj.qualname} keeps its state in its own format, which only its code can read")
+        out.update((prefix + n, obj.state[n]) for n in declared(obj.qualname)
+                   if isinstance(obj.state.get(n), torch.Tensor))
+        for name, value in obj.state.items():
+            if isinstance(value, _Scripted):
+                walk(value, f"{prefix}{name}.", out)
+        return out
+
+    if top + "byteorder" in z.namelist() and z.read(top + "byteorder") != b"little":  # older files have none
+        raise ValueError("its tensors are stored big-endian")
+    root = Unpickler(z.open(top + "data.pkl")).load()
+    if not isinstance(root, _Scripted):
+        raise ValueError(f"its data.pkl holds a {type(root).__name__}, not a module")
+    return walk(root, "", {})
+
+
+def _cause(e):
+    # the line of an error message that says what went wrong (torch's own messages add lines of advice)
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    cause = [line for line in lines if "GLOBAL" in line or "Unsupported" in line] or lines or [type(e).__name__]
+    return cause[0].split(". ")[0].rstrip(".")
+
+
+def _read_state_dict(path):
+    def refuse(reason):
+        return ValueError(f"{path} is neither a TorchScript archive nor a torch.save'd state dict of plain tensors "
+                          f"({reason}); {_CONVERT}")
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise ValueError(f"{path} is empty, not a CLIP checkpoint")
+    if head == b"PK\x03\x04":  # a zip archive, as TorchScript and torch.save (since PyTorch 1.6) write
+        try:
+            z = zipfile.ZipFile(path)
+        except zipfile.BadZipFile:
+            raise refuse("it is a truncated or damaged zip archive") from None
+        with z:
+            # both write one top folder (its name varies) with data.pkl inside; only TorchScript adds the code/
+            # folder and constants.pkl
+            pickles = [n for n in z.namelist() if re.fullmatch(r"[^/]+/data\.pkl", n)]
+            if not pickles:
+                raise ValueError(f"{path} is a zip archive without a data.pkl record, so not a torch file")
+            top = pickles[0][:-len("data.pkl")]
+            if any(n.startswith((top + "code/", top + "constants.pkl")) for n in z.namelist()):
+                try:
+                    return _read_torchscript(z, top)
+                except Exception as e:
+                    if _sha256(path) not in _RELEASED:
+                        raise ValueError(f"{path}: cannot read this TorchScript archive as data ({_cause(e)}); "
+                                         + _CONVERT) from None
+                # One of OpenAI's own files (its SHA256 says so) in a layout our reader does not know: we trust it.
+                with warnings.catch_warnings():  # TorchScript is deprecated in recent PyTorch
+                    warnings.simplefilter("ignore", FutureWarning)
+                    return torch.jit.load(path, map_location="cpu").state_dict()
+    elif head[:1] != b"\x80":  # nor a pickle (torch.save before PyTorch 1.6), whose first byte is 0x80
+        raise refuse("it is neither a zip archive nor a pickle")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise refuse(_cause(e)) from None
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path} holds a {type(state_dict).__name__}, expected a CLIP state dict")
+    return state_dict
+
+
 def load(name_or_path, device="cpu", download_root=None):
     """Load a CLIP by official name (see available_models(); downloaded once into ~/.cache/clip or download_root
     and checked against its SHA256) or from a file: a TorchScript archive as OpenAI releases them, or a plain
-    state dict saved with torch.save. Returns the model in fp32 and eval mode."""
+    state dict saved with torch.save. No code from the file runs. Returns the model in fp32 and eval mode."""
     if name_or_path in _MODELS:
         path = _download(_MODELS[name_or_path], download_root or os.path.expanduser("~/.cache/clip"))
+    elif os.path.isdir(name_or_path):
+        raise ValueError(f"CLIP checkpoint {name_or_path} is a folder, not a file")
     elif os.path.isfile(name_or_path):
         path = name_or_path
     elif os.path.splitext(name_or_path)[1]:  # it has a file extension, so it was meant as a path
         raise FileNotFoundError(f"CLIP checkpoint {name_or_path} not found")
     else:
         raise ValueError(f"unknown CLIP model {name_or_path!r}; available models: {', '.join(available_models())}")
+    state_dict = _read_state_dict(path)
     try:
-        with warnings.catch_warnings():  # OpenAI's format is TorchScript, which recent PyTorch calls deprecated
-            warnings.simplefilter("ignore", FutureWarning)
-            state_dict = torch.jit.load(path, map_location="cpu").state_dict()
-    except RuntimeError:  # not a TorchScript archive: a plain state dict then
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path} is neither a TorchScript archive nor a torch.save'd state dict ({e})") from None
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"{path} holds a {type(state_dict).__name__}, expected a CLIP state dict")
-    return build_model(state_dict).to(device)
+        return build_model(state_dict).to(device)
+    except ValueError as e:  # we name the file in the message
+        raise ValueError(f"{path}: {e}") from None
