@@ -4,17 +4,25 @@ CLIP, written out: the ViT image encoder, the causal text transformer, and a loa
 Parameter names are CLIP's own, so an official state dict loads with strict=True and no mapping table. Everything
 runs in fp32; attention goes through F.scaled_dot_product_attention.
 
+Loading runs no code from the file: OpenAI's TorchScript archives are read as data (see _read_torchscript).
+
 Shapes: B batch, N image tokens (1 + grid^2), L text positions, C transformer width, D joint embedding width,
 nh heads, hs head size (C = nh * hs).
 """
+import ast
+import collections
 import hashlib
+import http.client
 import math
 import os
+import pickle
+import re
 import sys
 import tempfile
 import urllib.request
 import warnings
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -23,14 +31,6 @@ import torch.nn.functional as F
 # CLIP's training-set statistics; pretrained weights expect images normalised with exactly these.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
-
-# The second-to-last path segment of each URL is the file's SHA256.
-_MODELS = {
-    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
-    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-    "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
-}
 
 
 @dataclass
@@ -49,6 +49,25 @@ class CLIPConfig:
     transformer_width: int = 512
     transformer_heads: int = 8
     transformer_layers: int = 12
+
+
+# OpenAI's released ViTs: where each file lives (the second-to-last path segment of its URL is its SHA256) and its
+# size, so an architecture can be built, or checked, before anything is downloaded.
+_MODELS = {
+    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+}
+# Their sizes, in the order of CLIPConfig's fields: the joint width D; the image encoder's resolution, layers, width,
+# heads, patch size and stem; the text encoder's context length, vocabulary, width, heads and layers.
+_CONFIGS = {
+    #                              D  res  layers     C  nh  patch  stem  ctx  vocab    C  nh  layers
+    "ViT-B/32":       CLIPConfig(512, 224,     12,  768, 12,    32,    0,  77, 49408, 512,  8,     12),
+    "ViT-B/16":       CLIPConfig(512, 224,     12,  768, 12,    16,    0,  77, 49408, 512,  8,     12),
+    "ViT-L/14":       CLIPConfig(768, 224,     24, 1024, 16,    14,    0,  77, 49408, 768, 12,     12),
+    "ViT-L/14@336px": CLIPConfig(768, 336,     24, 1024, 16,    14,    0,  77, 49408, 768, 12,     12),
+}
 
 
 class QuickGELU(nn.Module):
@@ -115,10 +134,12 @@ class VisionTransformer(nn.Module):
         # CLIP cuts the image into patches with one strided convolution (conv1). A small model trained from scratch
         # learns far faster with a few convolutions first (Xiao et al. 2021, "Early convolutions help transformers
         # see better"); each halves the resolution and doubles the channels up to the width; conv1 does the rest.
-        chans = [3] + [width >> (stem - 1 - i) for i in range(stem)]
+        # Example: stem 3, width 128 gives channels 3, 32, 64, 128, and conv1 covers the remaining patch_size // 8.
+        chans = [3] + [width // 2 ** (stem - 1 - i) for i in range(stem)]
         self.stem = nn.Sequential(*[m for c_in, c_out in zip(chans, chans[1:]) for m in (
             nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())])
-        self.conv1 = nn.Conv2d(chans[-1], width, kernel_size=patch_size >> stem, stride=patch_size >> stem, bias=False)
+        rest = patch_size // 2 ** stem
+        self.conv1 = nn.Conv2d(chans[-1], width, kernel_size=rest, stride=rest, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = nn.LayerNorm(width)
@@ -186,6 +207,9 @@ class CLIP(nn.Module):
 def build_model(state_dict):
     """A CLIP (fp32, eval mode) from an official ViT state dict; every setting is read off the tensor shapes."""
     sd = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise ValueError(f"not a CLIP state dict: its entry {k!r} holds a {type(v).__name__}, not a tensor")
 
     def shape(key):
         if key not in sd:
@@ -222,6 +246,13 @@ def available_models():
     return list(_MODELS)
 
 
+def config(name):
+    """The architecture of a released model (see available_models()), without downloading its weights."""
+    if name not in _CONFIGS:
+        raise ValueError(f"unknown CLIP model {name!r}; available models: {', '.join(_CONFIGS)}")
+    return replace(_CONFIGS[name])  # a copy, so that no caller can change the table
+
+
 def _sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -242,7 +273,7 @@ def _download(url, root):
     fd, tmp = tempfile.mkstemp(dir=root, prefix=os.path.basename(url) + ".", suffix=".tmp")
     try:
         h, done = hashlib.sha256(), 0
-        with urllib.request.urlopen(url) as source, os.fdopen(fd, "wb") as out:
+        with urllib.request.urlopen(url, timeout=60) as source, os.fdopen(fd, "wb") as out:
             total = int(source.headers.get("Content-Length") or 0)
             for chunk in iter(lambda: source.read(1 << 20), b""):
                 out.write(chunk)
@@ -250,38 +281,166 @@ def _download(url, root):
                 done += len(chunk)
                 print(f"\rdownloading {os.path.basename(url)}: {done / 2**20:.0f}"
                       + (f" / {total / 2**20:.0f}" if total else "") + " MiB", end="", file=sys.stderr)
+            out.flush()
+            os.fsync(out.fileno())  # on disk before the rename, so a crash cannot leave the name over half a file
         print(file=sys.stderr)
         if h.hexdigest() != expected:
             raise ValueError(f"downloaded {url} has SHA256 {h.hexdigest()}, expected {expected}")
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, (OSError, http.client.HTTPException)):  # no network, refused, timed out, HTTP error
+            raise ValueError(f"could not download {url} ({getattr(e, 'reason', e)}); put the file there by hand "
+                             f"as {target} (SHA256 {expected}), or pass clip.load the path of a copy") from None
         raise
     return target
+
+
+# Reading weights without running code. OpenAI's files are TorchScript archives: zip files holding the model's code
+# (code/*.py) next to its data (data.pkl, a pickle of the module objects, with each tensor's bytes in data/<key>).
+# torch.jit.load would run that code, so we read the data alone: our unpickler knows tensors and stand-ins for the
+# module objects, and refuses everything else.
+_DTYPES = {"HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+           "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+           "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+           "BoolStorage": torch.bool}
+_RELEASED = {url.split("/")[-2] for url in _MODELS.values()}  # the SHA256 of OpenAI's four files
+_CONVERT = ("if you trust the file, convert it once to a state dict with "
+            "torch.save(torch.jit.load(path, map_location='cpu').state_dict(), 'clip_state_dict.pt')")
+
+
+class _Scripted:
+    # stands in for one TorchScript object of data.pkl: it keeps its class name and its state and runs nothing
+    qualname, state = "", None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _read_torchscript(z, top):
+    storages, classes = {}, {}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module == "__torch__" or module.startswith("__torch__."):  # the archive's own (module) classes
+                return type(name, (_Scripted,), {"qualname": f"{module}.{name}"})
+            if module == "torch" and name in _DTYPES:
+                return _DTYPES[name]
+            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                return lambda storage, offset, size, stride, *flags: storage.as_strided(size, stride, offset)
+            if (module, name) == ("collections", "OrderedDict"):  # the (empty) backward hooks of each tensor
+                return collections.OrderedDict
+            if module == "torch.jit._pickle":  # these only restore the static type of a list: we keep the list
+                return lambda value, *type_name: value
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no archive of weights needs")
+
+        def persistent_load(self, pid):  # ("storage", dtype, key, device, numel): one tensor's bytes
+            _, dtype, key, _, _ = pid
+            if key not in storages:
+                data = bytearray(z.read(f"{top}data/{key}"))
+                storages[key] = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+            return storages[key]
+
+    def declared(qualname):
+        # The code of each class lists which of its attributes are parameters and buffers, the two kinds of tensor
+        # in state_dict(); any other tensor attribute (OpenAI's attn_mask, say) is not a weight. We read the lines
+        # `__parameters__ = ["weight", "bias", ]` and `__buffers__ = [...]` under the class line as text.
+        if qualname not in classes:
+            module, _, name = qualname.rpartition(".")
+            code = z.read(f"{top}code/{module.replace('.', '/')}.py").decode()
+            m = re.search(rf"^class {re.escape(name)}\b.*\n\s+__parameters__ = (\[.*\])(\n\s+__buffers__ = (\[.*\]))?",
+                          code, re.M)
+            if m is None:
+                raise ValueError(f"its code does not declare the parameters of {qualname}")
+            classes[qualname] = ast.literal_eval(m[1]) + ast.literal_eval(m[3] or "[]")
+        return classes[qualname]
+
+    def walk(obj, prefix, out):
+        # the order of state_dict(): a module's parameters, then its buffers, then its submodules
+        if not isinstance(obj.state, dict):
+            raise ValueError(f"{obj.qualname} keeps its state in its own format, which only its code can read")
+        out.update((prefix + n, obj.state[n]) for n in declared(obj.qualname)
+                   if isinstance(obj.state.get(n), torch.Tensor))
+        for name, value in obj.state.items():
+            if isinstance(value, _Scripted):
+                walk(value, f"{prefix}{name}.", out)
+        return out
+
+    if top + "byteorder" in z.namelist() and z.read(top + "byteorder") != b"little":  # older files have none
+        raise ValueError("its tensors are stored big-endian")
+    root = Unpickler(z.open(top + "data.pkl")).load()
+    if not isinstance(root, _Scripted):
+        raise ValueError(f"its data.pkl holds a {type(root).__name__}, not a module")
+    return walk(root, "", {})
+
+
+def _cause(e):
+    # the line of an error message that says what went wrong (torch's own messages add lines of advice)
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    cause = [line for line in lines if "GLOBAL" in line or "Unsupported" in line] or lines or [type(e).__name__]
+    return cause[0].split(". ")[0].rstrip(".")
+
+
+def _read_state_dict(path):
+    def refuse(reason):
+        return ValueError(f"{path} is neither a TorchScript archive nor a torch.save'd state dict of plain tensors "
+                          f"({reason}); {_CONVERT}")
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise ValueError(f"{path} is empty, not a CLIP checkpoint")
+    if head == b"PK\x03\x04":  # a zip archive, as TorchScript and torch.save (since PyTorch 1.6) write
+        try:
+            z = zipfile.ZipFile(path)
+        except zipfile.BadZipFile:
+            raise refuse("it is a truncated or damaged zip archive") from None
+        with z:
+            # both write one top folder (its name varies) with data.pkl inside; only TorchScript adds the code/
+            # folder and constants.pkl
+            pickles = [n for n in z.namelist() if re.fullmatch(r"[^/]+/data\.pkl", n)]
+            if not pickles:
+                raise ValueError(f"{path} is a zip archive without a data.pkl record, so not a torch file")
+            top = pickles[0][:-len("data.pkl")]
+            if any(n.startswith((top + "code/", top + "constants.pkl")) for n in z.namelist()):
+                try:
+                    return _read_torchscript(z, top)
+                except Exception as e:
+                    if _sha256(path) not in _RELEASED:
+                        raise ValueError(f"{path}: cannot read this TorchScript archive as data ({_cause(e)}); "
+                                         + _CONVERT) from None
+                # One of OpenAI's own files (its SHA256 says so) in a layout our reader does not know: we trust it.
+                with warnings.catch_warnings():  # TorchScript is deprecated in recent PyTorch
+                    warnings.simplefilter("ignore", FutureWarning)
+                    return torch.jit.load(path, map_location="cpu").state_dict()
+    elif head[:1] != b"\x80":  # nor a pickle (torch.save before PyTorch 1.6), whose first byte is 0x80
+        raise refuse("it is neither a zip archive nor a pickle")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise refuse(_cause(e)) from None
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path} holds a {type(state_dict).__name__}, expected a CLIP state dict")
+    return state_dict
 
 
 def load(name_or_path, device="cpu", download_root=None):
     """Load a CLIP by official name (see available_models(); downloaded once into ~/.cache/clip or download_root
     and checked against its SHA256) or from a file: a TorchScript archive as OpenAI releases them, or a plain
-    state dict saved with torch.save. Returns the model in fp32 and eval mode."""
+    state dict saved with torch.save. No code from the file runs. Returns the model in fp32 and eval mode."""
     if name_or_path in _MODELS:
         path = _download(_MODELS[name_or_path], download_root or os.path.expanduser("~/.cache/clip"))
+    elif os.path.isdir(name_or_path):
+        raise ValueError(f"CLIP checkpoint {name_or_path} is a folder, not a file")
     elif os.path.isfile(name_or_path):
         path = name_or_path
     elif os.path.splitext(name_or_path)[1]:  # it has a file extension, so it was meant as a path
         raise FileNotFoundError(f"CLIP checkpoint {name_or_path} not found")
     else:
         raise ValueError(f"unknown CLIP model {name_or_path!r}; available models: {', '.join(available_models())}")
+    state_dict = _read_state_dict(path)
     try:
-        with warnings.catch_warnings():  # OpenAI's format is TorchScript, which recent PyTorch calls deprecated
-            warnings.simplefilter("ignore", FutureWarning)
-            state_dict = torch.jit.load(path, map_location="cpu").state_dict()
-    except RuntimeError:  # not a TorchScript archive: a plain state dict then
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path} is neither a TorchScript archive nor a torch.save'd state dict ({e})") from None
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"{path} holds a {type(state_dict).__name__}, expected a CLIP state dict")
-    return build_model(state_dict).to(device)
+        return build_model(state_dict).to(device)
+    except ValueError as e:  # we name the file in the message
+        raise ValueError(f"{path}: {e}") from None

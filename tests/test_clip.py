@@ -2,8 +2,12 @@
 import hashlib
 import http.server
 import os
+import re
+import shlex
 import threading
 import warnings
+import zipfile
+from dataclasses import replace
 
 import pytest
 import torch
@@ -75,6 +79,8 @@ def test_matches_open_clip(name):
         assert torch.equal(logits_per_text, logits_per_image.t())
     assert ours.config.vision_heads == SHAPES[name]["vision_width"] // 64
     assert ours.config.image_resolution == res and ours.config.vision_layers == 1
+    # the table of released sizes agrees with what the weights' shapes say (the fixture has 1 layer each)
+    assert ours.config == replace(clip.config(name), vision_layers=1, transformer_layers=1)
 
 
 def test_all_tokens():
@@ -238,3 +244,260 @@ def test_conv_stem_keeps_the_token_grid():
     # released models have no stem, so their state dicts gain no keys
     assert not [k for k in clip.CLIP(clip.CLIPConfig(vision_layers=1, transformer_layers=1)).state_dict()
                 if k.startswith("visual.stem")]
+
+
+def test_config_table():
+    assert list(clip._CONFIGS) == clip.available_models()
+    config = clip.config("ViT-L/14@336px")
+    assert (config.embed_dim, config.image_resolution, config.vision_layers, config.vision_width,
+            config.vision_heads, config.vision_patch_size, config.transformer_width,
+            config.transformer_heads) == (768, 336, 24, 1024, 16, 14, 768, 12)
+    config.vision_layers = 1
+    assert clip.config("ViT-L/14@336px").vision_layers == 24  # callers get a copy of the table's row
+    with pytest.raises(ValueError, match=r"^unknown CLIP model 'ViT-H/14'; available models: ViT-B/32, ViT-B/16, "
+                                         r"ViT-L/14, ViT-L/14@336px$"):
+        clip.config("ViT-H/14")
+
+
+# Reading TorchScript archives without torch.jit.load. The modules below are plain PyTorch, not clip.py's.
+
+class Block(nn.Module):
+    # like OpenAI's residual blocks, it keeps a tensor (attn_mask) as a plain attribute: not a weight
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.proj = nn.Linear(8, 8, bias=False)  # a parameter slot that holds None
+        self.ln = nn.LayerNorm(8)
+        self.bn = nn.BatchNorm1d(8)  # float buffers and an int64 one
+        self.attn_mask = torch.full((8, 8), float("-inf")).triu(1)
+        base = torch.randn(4, 6)
+        self.register_buffer("strided", base[:, ::2])  # not contiguous
+        self.register_buffer("shifted", base[1:])  # the same storage at an offset
+        self.register_buffer("scratch", torch.zeros(2), persistent=False)
+
+    def forward(self, x):
+        x = self.bn(self.proj(self.ln(self.fc(x))))
+        return x + self.attn_mask.clamp(min=-1).sum() + self.strided.sum() + self.shifted.sum() + self.scratch.sum()
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(Block(), Block())
+        self.class_embedding = nn.Parameter(torch.randn(8, dtype=torch.float16))
+        self.register_buffer("steps", torch.tensor(3))
+
+    def forward(self, x):
+        return self.blocks(x) + self.class_embedding.float() + self.steps
+
+
+def forbid_jit(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.jit.load was called")
+    monkeypatch.setattr(torch.jit, "load", refuse)
+
+
+def jit_state_dict(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu").state_dict()
+
+
+def assert_same_state_dict(ours, ref):
+    assert list(ours) == list(ref)  # the same keys in the same order
+    for key, value in ref.items():
+        assert ours[key].dtype == value.dtype and ours[key].stride() == value.stride(), key
+        assert torch.equal(ours[key], value), key
+
+
+@pytest.mark.parametrize("how", ["trace", "script"])
+def test_zip_reader_equals_torch_jit_load(how, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    net = Net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        archive = torch.jit.trace(net, torch.randn(2, 8)) if how == "trace" else torch.jit.script(net)
+    archive.save(str(tmp_path / "net.pt"))
+    ref = jit_state_dict(tmp_path / "net.pt")
+    with zipfile.ZipFile(tmp_path / "net.pt") as z:
+        data_pkl = z.read("net/data.pkl")
+    # a scripted module pickles attn_mask with its weights (a traced one makes it a constant of the code)
+    assert (b"attn_mask" in data_pkl) == (how == "script")
+    assert "blocks.0.bn.num_batches_tracked" in ref and "blocks.1.scratch" in ref and "steps" in ref
+    assert not [k for k in ref if "attn_mask" in k or "proj.bias" in k]
+    forbid_jit(monkeypatch)
+    assert_same_state_dict(clip._read_state_dict(str(tmp_path / "net.pt")), ref)
+
+
+def rewrite_archive(src, dst, top):
+    # the layout PyTorch 1.7 wrote (OpenAI's files): the top folder is named after the file, no byteorder record
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            if not name.endswith(("/byteorder", "serialization_id")):
+                zout.writestr(top + "/" + name.split("/", 1)[1], zin.read(name))
+
+
+def test_zip_reader_on_the_official_layout(tmp_path, monkeypatch):
+    shape = dict(embed_dim=64, image_resolution=32, vision_width=128, vision_patch_size=16, transformer_width=64,
+                 vocab_size=500)
+    sd = official_state_dict(shape, layers=2)
+    save_torchscript(sd, str(tmp_path / "archive.pt"))
+    rewrite_archive(tmp_path / "archive.pt", tmp_path / "ViT-T.pt", "ViT-T")
+    ref = jit_state_dict(tmp_path / "archive.pt")
+    forbid_jit(monkeypatch)
+    for name in ("archive.pt", "ViT-T.pt"):
+        assert_same_state_dict(clip._read_state_dict(str(tmp_path / name)), ref)
+    model = clip.load(str(tmp_path / "ViT-T.pt"))
+    ref_model = open_clip_model.build_model_from_openai_state_dict(dict(sd), cast_dtype=torch.float32).float().eval()
+    image, text = torch.randn(2, 3, 32, 32), tokenize(PROMPTS)
+    text[text >= 500] = 400  # the fixture's vocabulary is small
+    text[torch.arange(3), text.argmax(-1)] = 499  # EOT keeps the highest id
+    with torch.no_grad():
+        assert rel_err(model.encode_image(image), ref_model.encode_image(image)) < 1e-4
+        assert rel_err(model.encode_text(text), ref_model.encode_text(text)) < 1e-4
+
+
+class FileWriter(nn.Module):
+    # A crafted archive: its scripted __setstate__, which torch.jit.load runs, creates a file at a path it carries.
+    def __init__(self, path):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3))
+        self.path = path
+
+    def forward(self, x):
+        return x * self.weight
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.weight, self.path, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, str, bool]):
+        self.path = state[1]
+        self.training = state[2]
+        self.weight = state[0] + torch.from_file(self.path, shared=True, size=3)  # creates the file
+
+
+def test_crafted_archive_runs_nothing(tmp_path, monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("proof", "victim"):
+            torch.jit.script(FileWriter(str(tmp_path / f"{name}.written"))).save(str(tmp_path / f"{name}.pt"))
+    jit_state_dict(tmp_path / "proof.pt")
+    assert (tmp_path / "proof.written").exists()  # torch.jit.load runs the archive's code
+    forbid_jit(monkeypatch)
+    with pytest.raises(ValueError) as error:
+        clip.load(str(tmp_path / "victim.pt"))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / "victim.pt"))
+    assert "cannot read this TorchScript archive as data" in message and "torch.jit.load(path" in message
+    assert not (tmp_path / "victim.written").exists()
+
+
+class RunsACommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(self.marker)}",)
+
+
+def test_pickle_that_runs_a_command_is_refused(tmp_path, monkeypatch):
+    torch.save({"visual.proj": RunsACommand(str(tmp_path / "ran"))}, tmp_path / "evil.pt")
+    forbid_jit(monkeypatch)
+    with pytest.raises(ValueError, match=r"evil.pt is neither a TorchScript archive nor a torch.save'd state dict "
+                                         r"of plain tensors \(.*\); if you trust the file, convert it") as error:
+        clip.load(str(tmp_path / "evil.pt"))
+    assert "\n" not in str(error.value) and not (tmp_path / "ran").exists()
+
+
+def bad_files(folder):
+    # one file of each kind that is not a CLIP checkpoint, and the message that should name it
+    sd = official_state_dict(dict(embed_dim=64, image_resolution=32, vision_width=64, vision_patch_size=16,
+                                  transformer_width=64, vocab_size=500))
+    save_torchscript(sd, str(folder / "archive.pt"))
+    torch.save(sd, folder / "state_dict.pt")
+    torch.save(sd, folder / "legacy.pt", _use_new_zipfile_serialization=False)
+    files = {
+        "empty.pt": (b"", r"is empty, not a CLIP checkpoint"),
+        "random.pt": (b"\x00" + os.urandom(4095), r"is neither a TorchScript archive nor a torch.save'd state dict "
+                                                  r"of plain tensors \(it is neither a zip archive nor a pickle\)"),
+        "cut_archive.pt": ((folder / "archive.pt").read_bytes()[:30000], r"truncated or damaged zip archive"),
+        "cut_state_dict.pt": ((folder / "state_dict.pt").read_bytes()[:30000], r"truncated or damaged zip archive"),
+        "cut_legacy.pt": ((folder / "legacy.pt").read_bytes()[:30000], r"is neither a TorchScript archive"),
+    }
+    for name, (data, _) in files.items():
+        (folder / name).write_bytes(data)
+    with zipfile.ZipFile(folder / "photos.zip", "w") as z:
+        z.writestr("photos/readme.txt", "not a torch file")
+    files["photos.zip"] = (None, r"is a zip archive without a data.pkl record, so not a torch file")
+    torch.save({"model": sd, "step": 3}, folder / "train_ckpt.pt")
+    files["train_ckpt.pt"] = (None, r": not a CLIP state dict: its entry 'model' holds a dict, not a tensor")
+    torch.save({"weight": torch.zeros(3)}, folder / "other.pt")
+    files["other.pt"] = (None, r": not a CLIP ViT state dict: key 'visual.conv1.weight' is missing")
+    torch.save({"visual.conv1.weight": "a string"}, folder / "strings.pt")
+    files["strings.pt"] = (None, r": not a CLIP state dict: its entry 'visual.conv1.weight' holds a str")
+    torch.save([torch.zeros(3)], folder / "list.pt")
+    files["list.pt"] = (None, r" holds a list, expected a CLIP state dict")
+    return {name: expected for name, (_, expected) in files.items()}
+
+
+def test_load_errors_are_one_line(tmp_path, monkeypatch):
+    cases = bad_files(tmp_path)
+    forbid_jit(monkeypatch)
+    for name, expected in cases.items():
+        with pytest.raises(ValueError, match=expected) as error:
+            clip.load(str(tmp_path / name))
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(str(tmp_path / name)), message
+    with pytest.raises(ValueError, match=r"^CLIP checkpoint .* is a folder, not a file$"):
+        clip.load(str(tmp_path))
+
+
+def test_torch_jit_load_only_for_the_released_files(tmp_path, monkeypatch):
+    # When our reader fails on an archive, torch.jit.load may read it only if its SHA256 is a released file's.
+    sd = official_state_dict(dict(embed_dim=64, image_resolution=32, vision_width=64, vision_patch_size=16,
+                                  transformer_width=64, vocab_size=500))
+    save_torchscript(sd, str(tmp_path / "archive.pt"))
+
+    def fail(z, top):
+        raise ValueError("a layout we do not know")
+    monkeypatch.setattr(clip, "_read_torchscript", fail)
+    calls = []
+    jit_load = torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda *args, **kwargs: calls.append(args) or jit_load(*args, **kwargs))
+    with pytest.raises(ValueError, match=r"archive.pt: cannot read this TorchScript archive as data \(a layout we "
+                                         r"do not know\); if you trust the file, convert it"):
+        clip.load(str(tmp_path / "archive.pt"))
+    assert calls == []
+    monkeypatch.setattr(clip, "_RELEASED", {hashlib.sha256((tmp_path / "archive.pt").read_bytes()).hexdigest()})
+    model = clip.load(str(tmp_path / "archive.pt"))
+    assert len(calls) == 1 and torch.equal(model.visual.proj, sd["visual.proj"].float())
+
+
+def test_no_network(tmp_path, monkeypatch):
+    # a port that nothing listens on any more: the download fails at once
+    server = Server(str(tmp_path))
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    sha = "1" * 64
+    url = f"http://127.0.0.1:{server.port}/{sha}/ViT-T.pt"
+    monkeypatch.setattr(clip, "_MODELS", {"ViT-T": url})
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the default cache is ~/.cache/clip
+    cache = tmp_path / "home" / ".cache" / "clip"
+    with pytest.raises(ValueError, match=re.escape(f"could not download {url} (") + r"[^\n]*Connection refused\); "
+                       + re.escape(f"put the file there by hand as {cache / 'ViT-T.pt'} (SHA256 {sha}), or pass "
+                                   "clip.load the path of a copy") + "$"):
+        clip.load("ViT-T")
+    assert os.listdir(cache) == []
+
+
+def test_missing_on_the_server(tmp_path, monkeypatch):
+    server = Server(str(tmp_path))  # serves an empty folder: every request gets 404
+    url = f"http://127.0.0.1:{server.port}/{'2' * 64}/ViT-U.pt"
+    monkeypatch.setattr(clip, "_MODELS", {"ViT-U": url})
+    with pytest.raises(ValueError, match="^" + re.escape(f"could not download {url} (File not found); put the file "
+                                                         f"there by hand as {tmp_path / 'cache' / 'ViT-U.pt'} (SHA256")):
+        clip.load("ViT-U", download_root=str(tmp_path / "cache"))
+    assert server.requests == 1 and os.listdir(tmp_path / "cache") == []
+    server.httpd.shutdown()
