@@ -173,7 +173,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(trained_run, synth_root, ti
     assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr[-2000:]
     assert re.match(r"error: cannot write .*last\.pt \(File too large\); the previous file, if any, is unchanged",
                     p.stderr)
-    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "last.pt"]  # no .tmp left behind
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]  # no half-written file left behind
     assert (tmp_path / "last.pt").read_bytes() == before
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 16
 
@@ -202,7 +202,7 @@ def test_ctrl_c_saves_and_resume_continues_at_that_step(synth_root, tiny_clip_fi
     # the log was complete when it showed step 3 (a block-buffered log would show nothing before ~80 lines)
     assert 3 <= step < 40, log
     assert rc == 130 and err.splitlines()[-1] == f"interrupted at step {step}: saved {out}/last.pt; continue with --resume=True"
-    assert sorted(os.listdir(out)) == ["last.pt"]
+    assert not (out / "ckpt.pt").exists()  # no evaluation happened: only the interrupted state was saved
     rc, err, log = interrupt_when(rf"^step {step + 2}/1280 ", args + ["--resume=True"], tmp_path / "log2.txt")
     assert rc == 130 and f"resumed from {out}/last.pt at step {step}" in log
     assert re.findall(r"^step (\d+)/1280", log, re.M)[0] == str(step + 1)
