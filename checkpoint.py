@@ -8,6 +8,7 @@ weights_only=True) reads exactly that and refuses anything else, so a checkpoint
 """
 import os
 import re
+import warnings
 
 import torch
 
@@ -73,8 +74,10 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found (train one with train.py, or pass --ckpt=PATH)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # empty, truncated, random bytes, or a pickle of something else than plain data
+        with warnings.catch_warnings():  # torch warns of a TorchScript archive before it refuses it
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # empty, truncated, random bytes, TorchScript, or a pickle of more than plain data
         lines = str(e).strip().splitlines() or [type(e).__name__]
         reason = next((x.strip() for x in lines if "Unsupported global" in x), lines[0])
         raise ValueError(f"{path} is not a checkpoint we can read safely ({reason})") from None

@@ -60,6 +60,33 @@ def test_bad_checkpoints_are_one_line_errors_and_run_nothing(trained_run, synth_
         sample.main(["x.jpg", f"--ckpt={tmp_path}"])
 
 
+def test_files_that_would_run_code_run_nothing(trained_run, synth_root, tmp_path):
+    # a TorchScript archive whose torch.jit.load would create a file (see test_clip.py), and a pickle that would run
+    # a command, handed to each of --clip, --ckpt and --resume
+    import warnings
+
+    import sample
+    from test_clip import FileWriter
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(FileWriter(str(tmp_path / "written"))).save(str(tmp_path / "archive.pt"))
+    torch.save({"model": Exploit(tmp_path / "ran")}, tmp_path / "pickle.pt")
+    for name in ("archive.pt", "pickle.pt"):
+        path = tmp_path / name
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:? ") as e:
+            train.main([f"--dataset=synth", f"--root={synth_root}", f"--clip={path}", f"--out_dir={tmp_path / 'a'}",
+                        "--workers=0"])
+        assert "\n" not in str(e.value)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} is not a checkpoint we can read safely"):
+            sample.main(["x.jpg", f"--ckpt={path}"])
+        out = tmp_path / f"resume_{name}"
+        out.mkdir()
+        shutil.copy(path, out / "last.pt")
+        with pytest.raises(ValueError, match=r"last\.pt is not a checkpoint we can read safely"):
+            train.main([f"--dataset=synth", f"--root={synth_root}", f"--out_dir={out}", "--resume=True", "--workers=0"])
+    assert not (tmp_path / "written").exists() and not (tmp_path / "ran").exists()
+
+
 def test_a_fresh_run_never_replaces_another_runs_checkpoints(trained_run, synth_root, tiny_clip_file, tmp_path):
     out, _, _ = trained_run
     used = tmp_path / "used"
