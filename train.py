@@ -43,7 +43,7 @@ class TrainConfig:
     root: str = ""                # "" reads data/<dataset>
     pkl: str = ""                 # a dataset pickle under root (pkl: "" takes the only one there)
     images: str = ""              # the pickle datasets' image folder under root ("" is the dataset's default)
-    partition: int = 0           # which of a dataset's random partitions (PETA, RAP and the pickles have several)
+    partition: int = 0            # which of a dataset's random partitions (PETA, RAP and the pickles have several)
     workers: int = 4              # DataLoader processes per GPU
     preload: bool = False         # decode every image once into one uint8 tensor in memory (for small sets: synth)
     # model
