@@ -165,24 +165,11 @@ class SequencePAR(nn.Module):
             if name.endswith("c_proj.weight"):  # the three residual branches of each block shrink with depth
                 nn.init.normal_(p, std=D ** -0.5 / math.sqrt(3 * config.n_layer))
         nn.init.normal_(self.lm_head.weight, std=0.02)  # near-uniform first predictions
-        self._text_cache = None
-
-    def train(self, mode=True):
-        self._text_cache = None  # the text encoder is about to change (or just did)
-        return super().train(mode)
 
     def token_table(self):
-        """(V, D) embedding of every id: the learned specials, then the CLIP text features of the prompts."""
-        if self.training or torch.is_grad_enabled():
-            return self._token_table()
-        # In inference the prompts are encoded once per model. The key notices any in-place change of the text
-        # weights (load_state_dict, an optimizer step), so the cache can never go stale.
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        if self._text_cache is None or self._text_cache[0] != key:
-            self._text_cache = key, self._token_table()
-        return self._text_cache[1]
-
-    def _token_table(self):
+        # (V, D) embedding of every id: the learned specials, then the CLIP text features of the prompts (section
+        # 3.2). We encode the prompts afresh on every call, so the table always follows the weights: cut to their
+        # longest prompt, the A prompts cost a few percent of a generate call.
         # Every token is a unit vector, as CLIP compares its features. Raw text features are ~50x larger than the
         # decoder's other embeddings, and in a pre-norm stack such a token would drown what the blocks add to it:
         # the image would hardly reach the logits.
