@@ -111,7 +111,9 @@ def labels_to_targets(labels):
     """(B, A) 0/1 labels -> (B, A + 2) ids: <bos>, the positive attributes in column order, <eos>, <pad>..."""
     B, A = labels.shape
     ids = torch.arange(A, device=labels.device) + N_SPECIAL
-    # sorting puts the positives' ids first, in increasing order; negatives become a key past every id
+    # Sorting puts the positives' ids first, in increasing order; negatives become a key past every id. With A = 5:
+    # labels [0, 1, 0, 1, 1] -> keys [8, 4, 8, 6, 7] -> sorted [4, 6, 7, 8, 8] -> [4, 6, 7, PAD, PAD] after <bos>,
+    # and <eos> after the 3 positives: targets [BOS, 4, 6, 7, EOS, PAD, PAD].
     keys = torch.where(labels.bool(), ids, A + N_SPECIAL).sort(dim=1).values
     targets = torch.full((B, A + 2), PAD, dtype=torch.long, device=labels.device)
     targets[:, 0] = BOS

@@ -35,6 +35,7 @@ def test_labels_to_targets_example_and_round_trip():
     assert targets.shape == (2, 37)
     assert targets[0, :5].tolist() == [BOS, 3 + 2, 3 + 7, 3 + 30, EOS] and (targets[0, 5:] == PAD).all()
     assert targets[1, :2].tolist() == [BOS, EOS] and (targets[1, 2:] == PAD).all()
+    assert labels_to_targets(torch.tensor([[0, 1, 0, 1, 1]]))[0].tolist() == [BOS, 4, 6, 7, EOS, PAD, PAD]  # A = 5
     full = torch.ones(1, 35, dtype=torch.uint8)
     assert labels_to_targets(full)[0].tolist() == [BOS] + list(range(3, 38)) + [EOS]
     labels = random_labels(16, 35)
