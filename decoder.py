@@ -3,7 +3,8 @@ SequencePAR: pedestrian attributes generated as a sequence (arXiv 2312.01640).
 
 CLIP turns the image into N tokens and each attribute's prompt into one vector; a GPT-style decoder reads
 `<bos>`, then the positive attributes so far, attends to the image tokens, and predicts the next attribute or
-`<eos>`. Training is teacher forcing; inference decodes greedily or with beam search, with a KV cache.
+`<eos>`. Training is teacher forcing; inference decodes greedily or with beam search: `generate_simple` is the
+definition of greedy decoding, `generate` the same with a KV cache, and beam search.
 
 Shapes: B batch, T attribute positions, N image tokens, D width (CLIP's embed dim), nh heads, hs head size,
 A attributes, V = A + 3 vocabulary (`<bos>`, `<eos>`, `<pad>`, then attribute i as id 3 + i).
@@ -111,7 +112,9 @@ def labels_to_targets(labels):
     """(B, A) 0/1 labels -> (B, A + 2) ids: <bos>, the positive attributes in column order, <eos>, <pad>..."""
     B, A = labels.shape
     ids = torch.arange(A, device=labels.device) + N_SPECIAL
-    # sorting puts the positives' ids first, in increasing order; negatives become a key past every id
+    # Sorting puts the positives' ids first, in increasing order; negatives become a key past every id. With A = 5:
+    # labels [0, 1, 0, 1, 1] -> keys [8, 4, 8, 6, 7] -> sorted [4, 6, 7, 8, 8] -> [4, 6, 7, PAD, PAD] after <bos>,
+    # and <eos> after the 3 positives: targets [BOS, 4, 6, 7, EOS, PAD, PAD].
     keys = torch.where(labels.bool(), ids, A + N_SPECIAL).sort(dim=1).values
     targets = torch.full((B, A + 2), PAD, dtype=torch.long, device=labels.device)
     targets[:, 0] = BOS
@@ -125,6 +128,17 @@ def targets_to_labels(ids, n_attr):
     labels = torch.zeros(ids.shape[0], n_attr + N_SPECIAL, dtype=torch.uint8, device=ids.device)
     labels.scatter_(1, ids, 1)
     return labels[:, N_SPECIAL:]
+
+
+def beam_step(beam_logp, logp, K):
+    # One step of beam search. beam_logp (B*K,): the score of each hypothesis, image b's in rows b*K .. b*K + K - 1;
+    # logp (B*K, V): the log-probability of each id after it. We keep the K best one-id extensions of each image's
+    # hypotheses, best first, and return their scores, the row each one extends and the id it appends, each (B*K,).
+    V = logp.shape[1]
+    total = (beam_logp[:, None] + logp).view(-1, K * V)  # (B, K*V): every extension of an image's K hypotheses
+    beam_logp, best = total.topk(K, dim=1)  # (B, K)
+    src = torch.arange(total.shape[0], device=logp.device)[:, None] * K + best // V  # (B, K)
+    return beam_logp.flatten(), src.flatten(), (best % V).flatten()
 
 
 class SequencePAR(nn.Module):
@@ -165,24 +179,11 @@ class SequencePAR(nn.Module):
             if name.endswith("c_proj.weight"):  # the three residual branches of each block shrink with depth
                 nn.init.normal_(p, std=D ** -0.5 / math.sqrt(3 * config.n_layer))
         nn.init.normal_(self.lm_head.weight, std=0.02)  # near-uniform first predictions
-        self._text_cache = None
-
-    def train(self, mode=True):
-        self._text_cache = None  # the text encoder is about to change (or just did)
-        return super().train(mode)
 
     def token_table(self):
-        """(V, D) embedding of every id: the learned specials, then the CLIP text features of the prompts."""
-        if self.training or torch.is_grad_enabled():
-            return self._token_table()
-        # In inference the prompts are encoded once per model. The key notices any in-place change of the text
-        # weights (load_state_dict, an optimizer step), so the cache can never go stale.
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        if self._text_cache is None or self._text_cache[0] != key:
-            self._text_cache = key, self._token_table()
-        return self._text_cache[1]
-
-    def _token_table(self):
+        # (V, D) embedding of every id: the learned specials, then the CLIP text features of the prompts (section
+        # 3.2). We encode the prompts afresh on every call, so the table always follows the weights: cut to their
+        # longest prompt, the A prompts cost a few percent of a generate call.
         # Every token is a unit vector, as CLIP compares its features. Raw text features are ~50x larger than the
         # decoder's other embeddings, and in a pre-norm stack such a token would drown what the blocks add to it:
         # the image would hardly reach the logits.
@@ -210,6 +211,35 @@ class SequencePAR(nn.Module):
                                ignore_index=PAD)
         return logits, loss
 
+    # Decoding (section 3.3), taught in two steps: generate_simple is the definition, generate the fast version.
+    # Both obey one rule, `allowed`: every output is a valid label set, each attribute at most once, in id order.
+
+    def allowed(self, prev):
+        # prev (B,): the last id of each sequence. After <bos> or attribute i comes <eos> or an attribute after i;
+        # after <eos> (or the <pad> that follows it) only <pad>, so finished sequences can stay in the batch.
+        ids = torch.arange(self.n_attr + N_SPECIAL, device=prev.device)
+        running = (ids == EOS) | ((ids >= N_SPECIAL) & (ids > prev[:, None]))  # (B, V)
+        finished = (prev == EOS) | (prev == PAD)
+        return torch.where(finished[:, None], ids == PAD, running)  # (B, V)
+
+    @torch.no_grad()
+    def generate_simple(self, images):
+        """Greedy decoding by its definition: teacher forcing on the model's own outputs. Every step feeds the whole
+        prefix and appends the most probable allowed id, until every sequence has emitted <eos>; after the last
+        attribute only <eos> is allowed. Returns what generate(images, beam_size=1) does, slower."""
+        B, A = images.shape[0], self.n_attr
+        kvs, table = self.encode(images), self.token_table()
+        seq = torch.full((B, 1), BOS, dtype=torch.long, device=images.device)  # (B, T): the ids so far
+        probs = torch.zeros(B, A + N_SPECIAL, device=images.device)  # the probability of each id when emitted
+        for _ in range(A + 1):  # at most A attributes, then <eos>
+            p = self.decode(seq, kvs, table)[:, -1].float().softmax(-1)  # (B, V)
+            nxt = p.masked_fill(~self.allowed(seq[:, -1]), -1).argmax(-1, keepdim=True)  # (B, 1)
+            probs.scatter_(1, nxt, p.gather(1, nxt))
+            seq = torch.cat([seq, nxt], dim=1)  # (B, T + 1)
+            if (nxt < N_SPECIAL).all():  # every sequence has ended
+                break
+        return targets_to_labels(seq, A), probs[:, N_SPECIAL:]
+
     @torch.no_grad()
     def generate(self, images, beam_size=1):
         """Decode the attributes of a batch of images. Returns pred (B, A) in {0, 1} and scores (B, A): the
@@ -217,50 +247,35 @@ class SequencePAR(nn.Module):
 
         Every hypothesis emits each attribute at most once and in increasing id order, never <bos> or <pad>,
         and ends at <eos>. Beam search keeps the beam_size hypotheses of highest summed log-probability;
-        beam_size=1 is greedy decoding."""
+        beam_size=1 is greedy decoding, the same as generate_simple. Each step feeds only the newest id: the
+        image tokens' keys and values are computed once, and the self-attention keys and values of earlier
+        positions are kept in a cache."""
         B, K, A = images.shape[0], beam_size, self.n_attr
         table = self.token_table()
         kvs = [tuple(t.repeat_interleave(K, dim=0) for t in kv) for kv in self.encode(images)]  # (B*K, nh, N, hs)
-        k0 = kvs[0][0]
-        cache = [dict(k=k0.new_zeros(B * K, k0.shape[1], A + 1, k0.shape[3]), v=k0.new_zeros(B * K, k0.shape[1], A + 1, k0.shape[3]))
-                 for _ in kvs]
-        tokens = torch.full((B * K, A + 1), PAD, dtype=torch.long, device=k0.device)  # emitted ids
-        token_logp = torch.zeros(B * K, A + 1, device=k0.device)
-        last = torch.full((B * K,), -1, device=k0.device)  # the last attribute emitted: the next must be greater
-        done = torch.zeros(B * K, dtype=torch.bool, device=k0.device)
-        # Only the first beam of each image is live at the start, so the first step does not pick K copies.
-        beam_logp = torch.full((B, K), float("-inf"), device=k0.device)
-        beam_logp[:, 0] = 0
-        idx = torch.full((B * K, 1), BOS, dtype=torch.long, device=k0.device)
-        attr = torch.arange(A, device=k0.device)
-        for t in range(A + 1):
-            logp = self.decode(idx, kvs, table, cache, start=t)[:, -1].float().log_softmax(-1)  # (B*K, V)
-            allowed = torch.zeros_like(logp, dtype=torch.bool)
-            allowed[:, EOS] = True
-            allowed[:, N_SPECIAL:] = attr > last[:, None]  # monotone: each attribute once, in id order
+        k = kvs[0][0]
+        shape = (B * K, k.shape[1], A + 1, k.shape[3])  # a slot for each input position: <bos> and A attributes
+        cache = [dict(k=k.new_zeros(shape), v=k.new_zeros(shape)) for _ in kvs]
+        # The B*K hypotheses, image b's in rows b*K .. b*K + K - 1: their ids, the log-probability of each id when
+        # emitted, and their sum, the score. Only one hypothesis per image is live at first, so that the first step
+        # does not pick K copies of the same id.
+        seq = torch.full((B * K, 1), BOS, dtype=torch.long, device=images.device)  # (B*K, T)
+        seq_logp = torch.zeros(B * K, 1, device=images.device)  # (B*K, T)
+        beam_logp = torch.where(torch.arange(B * K, device=images.device) % K == 0, 0.0, float("-inf"))  # (B*K,)
+        for t in range(A + 1):  # at most A attributes, then <eos>
+            logp = self.decode(seq[:, -1:], kvs, table, cache, start=t)[:, -1].float().log_softmax(-1)  # (B*K, V)
+            allowed = self.allowed(seq[:, -1])
             logp = logp.masked_fill(~allowed, float("-inf"))
-            # a finished hypothesis only appends <pad> at no cost, so it keeps its score and its place
-            logp[done] = float("-inf")
-            logp[done, PAD] = 0
-            V = logp.shape[1]
-            scores = (beam_logp.view(B * K, 1) + logp).view(B, K * V)
-            beam_logp, flat = scores.topk(K, dim=1)  # (B, K), best first
-            src = (torch.arange(B, device=k0.device)[:, None] * K + flat // V).flatten()  # the beam each extends
-            nxt = (flat % V).flatten()
-            step_logp = logp[src, nxt]
-            if K > 1:  # hypotheses may have swapped beams: their caches and histories follow them
+            logp[allowed[:, PAD], PAD] = 0.0  # a finished hypothesis appends <pad> at no cost: it keeps its score
+            beam_logp, src, nxt = beam_step(beam_logp, logp, K)
+            if K > 1:  # the new hypotheses may extend other rows than their own: their caches follow them
                 for c in cache:
                     c["k"], c["v"] = c["k"][src], c["v"][src]
-                tokens, token_logp, last, done = tokens[src], token_logp[src], last[src], done[src]
-            tokens[:, t], token_logp[:, t] = nxt, step_logp
-            last = torch.where(nxt >= N_SPECIAL, nxt - N_SPECIAL, last)
-            done = done | (nxt == EOS) | (nxt == PAD)
-            if done.all():
+            seq = torch.cat([seq[src], nxt[:, None]], dim=1)  # (B*K, T + 1)
+            seq_logp = torch.cat([seq_logp[src], logp[src, nxt][:, None]], dim=1)  # (B*K, T + 1)
+            if (nxt < N_SPECIAL).all():  # every hypothesis has ended
                 break
-            idx = nxt[:, None]
-        best = torch.arange(B, device=k0.device) * K  # topk sorts, so beam 0 is each image's best hypothesis
-        tokens, probs = tokens[best], token_logp[best].exp()
-        is_attr = tokens >= N_SPECIAL
-        scores = torch.zeros(B, A + N_SPECIAL, device=k0.device)
-        scores.scatter_(1, tokens, torch.where(is_attr, probs, 0.0))
-        return targets_to_labels(tokens, A), scores[:, N_SPECIAL:]
+        # topk sorts, so the first hypothesis of each image is its best
+        seq, seq_logp = seq[::K], seq_logp[::K]  # (B, T)
+        probs = torch.zeros(B, A + N_SPECIAL, device=images.device).scatter_(1, seq, seq_logp.exp())
+        return targets_to_labels(seq, A), probs[:, N_SPECIAL:]
