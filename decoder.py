@@ -146,7 +146,6 @@ class SequencePAR(nn.Module):
         super().__init__()
         self.config, self.n_attr = config, len(prompts)
         self.clip = clip_model
-        self.clip.logit_scale.requires_grad_(False)  # CLIP's contrastive temperature: SequencePAR never uses it
         D, A = clip_model.config.embed_dim, len(prompts)
         # Prompt tokens cut to the longest prompt (its EOT position + 1): the text encoder is causal and pools at
         # EOT, so the cut is exact and saves most of the 77 positions.

@@ -193,6 +193,9 @@ def read_data(cfg, log=print):
 def build_model(cfg, data):
     clip_model = clip.CLIP(TINY_CLIP) if cfg.clip == "tiny" else clip.load(cfg.clip)
     check_heads(cfg.n_head, clip_model.config.embed_dim)
+    # CLIP's contrastive temperature is the one weight SequencePAR never uses. We freeze it: DDP expects a gradient
+    # for every trainable parameter, and AdamW's weight decay would otherwise shrink it for nothing.
+    clip_model.logit_scale.requires_grad_(False)
     rates = data.labels[data.splits["train"]].mean(0) if cfg.weighted_loss else None
     return SequencePAR(clip_model, data.prompts, DecoderConfig(cfg.n_layer, cfg.n_head, cfg.dropout), pos_rates=rates)
 
