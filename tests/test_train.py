@@ -117,7 +117,7 @@ def test_nan_loss_stops_and_names_what_is_kept(synth_root, tiny_clip_file, tmp_p
                                                  r"yet"):
         train.main(tiny_args(synth_root, tiny_clip_file, tmp_path, "--lr=1e30", "--grad_clip=0.0",
                              "--warmup_epochs=0.0"))
-    assert os.listdir(tmp_path) == []
+    assert not {"ckpt.pt", "last.pt"} & set(os.listdir(tmp_path))
     # once a run has saved last.pt, the message names it; a resumed run follows the --lr it is given now
     train.main(tiny_args(synth_root, tiny_clip_file, tmp_path, "--epochs=1"))
     with pytest.raises(FloatingPointError, match=r"at step \d+; stopped, the last good checkpoint is .*last.pt"):
