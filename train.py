@@ -496,7 +496,7 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except (FileNotFoundError, ValueError, OSError, FloatingPointError) as e:
         # a data loader worker's error arrives with its traceback as text: its last line is the message
-        sys.exit(f"error: {str(e).strip().splitlines()[-1]}")
+        sys.exit("error: " + re.sub(r"^\w+Error: ", "", str(e).strip().splitlines()[-1]))
     except KeyboardInterrupt as e:
         print(str(e) or "interrupted", file=sys.stderr)
         sys.exit(130)

@@ -159,6 +159,18 @@ def test_bad_data_fails_before_training(tiny_clip_file, tmp_path, splits, missin
     assert os.listdir(out) == []
 
 
+def test_an_unreadable_training_image_stops_the_run_with_one_line(tiny_clip_file, tmp_path):
+    from conftest import write_png
+    root = csv_set(tmp_path / "set", ["train"] * 40 + ["test"] * 8)
+    write_png(root / "3.png", np.zeros((1, 1, 3)), size=(40000, 40000))  # over Pillow's pixel limit
+    for preload in ("False", "True"):
+        r = run_script("train.py", "--dataset=csv", f"--root={root}", f"--clip={tiny_clip_file}", "--workers=1",
+                       f"--out_dir={tmp_path / preload}", f"--preload={preload}", "--warmup_epochs=0.0")
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr[-3000:]
+        assert re.fullmatch(r"error: cannot read image .*/set/3\.png: Image size \(1600000000 pixels\) exceeds .*\n",
+                            r.stderr), r.stderr
+
+
 def test_resume_refuses_another_model_shape(trained_run, synth_root, tiny_clip_file, tmp_path):
     out, _, _ = trained_run
     os.link(os.path.join(out, "last.pt"), tmp_path / "last.pt")
