@@ -405,7 +405,7 @@ def main(argv):
     max_iters = cfg.epochs * iters_per_epoch
     eval_interval = cfg.eval_interval or iters_per_epoch
     budget = 60 * cfg.time_budget
-    start_step, t_log, t_start = step, time.time(), time.time() - elapsed
+    start_step, t_log, t_start, t_session, t_eval = step, time.time(), time.time() - elapsed, time.time(), 0.0
     with Interrupt(last_path) as interrupt:
         while True:
             elapsed = time.time() - t_start
@@ -428,8 +428,10 @@ def main(argv):
 
             if step > start_step and (step % eval_interval == 0 or finished):
                 if master:
+                    t0 = time.time()
                     pred, _, gt = predict(raw_model, eval_batches(eval_split), device, ctx, cfg.beam_size)
                     m = metrics(gt, pred)
+                    t_eval += time.time() - t0
                     # without a validation split the last model is the selected one: choosing on test would flatter it
                     improved = m["mA"] > best or eval_split == "test"
                     best = max(best, m["mA"])
@@ -478,13 +480,17 @@ def main(argv):
         # the test split, once, with the selected model: the best on validation, or the last where there is none
         ckpt = load_checkpoint(best_path)
         raw_model.load_state_dict(ckpt["model"])
+        t0 = time.time()
         pred, scores, gt = predict(raw_model, eval_batches("test"), device, ctx, cfg.beam_size)
         m = metrics(gt, pred)
+        t_test = time.time() - t0
         log(f"test ({'best on val, step' if eval_split == 'val' else 'last step'} {ckpt['step']}, "
             f"{len(data.splits['test'])} images): {report(data.attr_names, gt, pred)}")
         csv_log.write(kind="test", step=ckpt["step"], epoch=ckpt["step"] / iters_per_epoch, split="test", **m)
         written = write_reports(cfg, data, "test", best_path, ckpt["step"], pred, scores, gt)
         log(f"wrote {written} and predictions_test.csv")
+        t_train = time.time() - t_session - t_eval - t_test
+        log(f"time: {t_train:.0f} s training, {t_eval:.0f} s evaluating on {eval_split}, {t_test:.0f} s on test")
     if ddp:
         dist.destroy_process_group()
     return m
