@@ -119,7 +119,7 @@ def usage():
     lines = [__doc__.strip(), "", "options (--key=value):"]
     for line in inspect.getsource(TrainConfig).splitlines()[2:]:
         m = re.match(r"\s*(\w+): \w+ = (\S+)\s*(?:# (.*))?", line)
-        lines.append(f"  --{m[1]}={m[2].strip(chr(34))}".ljust(34) + (m[3] or "") if m else "  " + line.strip())
+        lines.append((f"  --{m[1]}={m[2].strip(chr(34))}".ljust(34) + (m[3] or "")).rstrip() if m else "  " + line.strip())
     lines += ["presets:"] + [f"  {k}: " + ", ".join(f"{n}={v!r}" for n, v in p.items()) for k, p in PRESETS.items()]
     return "\n".join(lines)
 
