@@ -73,14 +73,14 @@ def load_checkpoint(path):
         raise ValueError(f"{path} is a folder; expected a checkpoint file such as {os.path.join(path, 'ckpt.pt')}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found (train one with train.py, or pass --ckpt=PATH)")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty: not a checkpoint (was its run killed before it saved one?)")
     try:
         with warnings.catch_warnings():  # torch warns of a TorchScript archive before it refuses it
             warnings.simplefilter("ignore", UserWarning)
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # empty, truncated, random bytes, TorchScript, or a pickle of more than plain data
-        lines = str(e).strip().splitlines() or [type(e).__name__]
-        reason = next((x.strip() for x in lines if "Unsupported global" in x), lines[0])
-        raise ValueError(f"{path} is not a checkpoint we can read safely ({reason})") from None
+        raise ValueError(f"{path} is not a checkpoint we can read safely ({clip.cause_of(e)})") from None
     keys = {"model", "config", "clip_config", "decoder_config", "attr_names", "prompts", "step"}
     if not isinstance(ckpt, dict) or keys - ckpt.keys():
         raise ValueError(f"{path} is not a SequencePAR checkpoint of train.py (it lacks "

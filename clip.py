@@ -375,7 +375,7 @@ def _read_torchscript(z, top):
     return walk(root, "", {})
 
 
-def _cause(e):
+def cause_of(e):
     # the line of an error message that says what went wrong (torch's own messages add lines of advice)
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     cause = [line for line in lines if "GLOBAL" in line or "Unsupported" in line] or lines or [type(e).__name__]
@@ -408,7 +408,7 @@ def _read_state_dict(path):
                     return _read_torchscript(z, top)
                 except Exception as e:
                     if _sha256(path) not in _RELEASED:
-                        raise ValueError(f"{path}: cannot read this TorchScript archive as data ({_cause(e)}); "
+                        raise ValueError(f"{path}: cannot read this TorchScript archive as data ({cause_of(e)}); "
                                          + _CONVERT) from None
                 # One of OpenAI's own files (its SHA256 says so) in a layout our reader does not know: we trust it.
                 with warnings.catch_warnings():  # TorchScript is deprecated in recent PyTorch
@@ -419,7 +419,7 @@ def _read_state_dict(path):
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise refuse(_cause(e)) from None
+        raise refuse(cause_of(e)) from None
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path} holds a {type(state_dict).__name__}, expected a CLIP state dict")
     return state_dict
