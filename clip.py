@@ -43,6 +43,7 @@ class CLIPConfig:
     vision_heads: int = 12        # released models use heads of 64 channels: width // 64
     vision_patch_size: int = 32
     vision_stem: int = 0          # 3x3 stride-2 convolutions before the patch projection; 0 in every released model
+    vision_stem_width: int = 0    # the last stem convolution's channels (each earlier one has half); 0: vision_width
     # text encoder
     context_length: int = 77
     vocab_size: int = 49408
@@ -62,11 +63,11 @@ _MODELS = {
 # Their sizes, in the order of CLIPConfig's fields: the joint width D; the image encoder's resolution, layers, width,
 # heads, patch size and stem; the text encoder's context length, vocabulary, width, heads and layers.
 _CONFIGS = {
-    #                              D  res  layers     C  nh  patch  stem  ctx  vocab    C  nh  layers
-    "ViT-B/32":       CLIPConfig(512, 224,     12,  768, 12,    32,    0,  77, 49408, 512,  8,     12),
-    "ViT-B/16":       CLIPConfig(512, 224,     12,  768, 12,    16,    0,  77, 49408, 512,  8,     12),
-    "ViT-L/14":       CLIPConfig(768, 224,     24, 1024, 16,    14,    0,  77, 49408, 768, 12,     12),
-    "ViT-L/14@336px": CLIPConfig(768, 336,     24, 1024, 16,    14,    0,  77, 49408, 768, 12,     12),
+    #                              D  res  layers     C  nh  patch  stem   ctx  vocab    C  nh  layers
+    "ViT-B/32":       CLIPConfig(512, 224,     12,  768, 12,    32,  0, 0,  77, 49408, 512,  8,     12),
+    "ViT-B/16":       CLIPConfig(512, 224,     12,  768, 12,    16,  0, 0,  77, 49408, 512,  8,     12),
+    "ViT-L/14":       CLIPConfig(768, 224,     24, 1024, 16,    14,  0, 0,  77, 49408, 768, 12,     12),
+    "ViT-L/14@336px": CLIPConfig(768, 336,     24, 1024, 16,    14,  0, 0,  77, 49408, 768, 12,     12),
 }
 
 
@@ -128,14 +129,15 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, resolution, patch_size, width, layers, heads, output_dim, stem=0):
+    def __init__(self, resolution, patch_size, width, layers, heads, output_dim, stem=0, stem_width=0):
         super().__init__()
         scale = width ** -0.5
         # CLIP cuts the image into patches with one strided convolution (conv1). A small model trained from scratch
         # learns far faster with a few convolutions first (Xiao et al. 2021, "Early convolutions help transformers
-        # see better"); each halves the resolution and doubles the channels up to the width; conv1 does the rest.
-        # Example: stem 3, width 128 gives channels 3, 32, 64, 128, and conv1 covers the remaining patch_size // 8.
-        chans = [3] + [width // 2 ** (stem - 1 - i) for i in range(stem)]
+        # see better"); each halves the resolution and doubles the channels up to stem_width (by default the width);
+        # conv1 does the rest. Example: stem 3, stem_width 64 gives channels 3, 16, 32, 64, and conv1 (64 -> width)
+        # covers the remaining patch_size // 8.
+        chans = [3] + [(stem_width or width) // 2 ** (stem - 1 - i) for i in range(stem)]
         self.stem = nn.Sequential(*[m for c_in, c_out in zip(chans, chans[1:]) for m in (
             nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())])
         rest = patch_size // 2 ** stem
@@ -163,7 +165,7 @@ class CLIP(nn.Module):
         super().__init__()
         c = self.config = config
         self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
-                                        c.vision_heads, c.embed_dim, c.vision_stem)
+                                        c.vision_heads, c.embed_dim, c.vision_stem, c.vision_stem_width)
         self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads, causal=True)
         self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))

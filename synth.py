@@ -69,8 +69,10 @@ def _box(d, x0, y0, x1, y1, fill, **kw):  # a rectangle given by any two corners
     d.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), fill=fill, **kw)
 
 
-def _image(r, a, rng):  # person `a` on a street-like background, drawn at 128x64, stored at 64x32
-    W, H = 64, 128
+def _image(r, a, rng):  # person `a` in a square street scene, drawn at 128x128, stored at 64x64
+    # Square, so the model's pad-to-square adds no black bars: the person is as large as in a 128x64 crop, with street
+    # around it instead of padding.
+    W, H = 128, 128
     grad = np.linspace([r.randint(30, 225) for _ in "rgb"], [r.randint(30, 225) for _ in "rgb"], H)
     img = Image.fromarray(np.repeat(grad[:, None, :], W, axis=1).astype(np.uint8))
     d = ImageDraw.Draw(img)

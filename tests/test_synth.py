@@ -32,7 +32,7 @@ def test_synthetic_statistics(tmp_path):
     assert d.attr_names == synth.ATTRS and len(d.attr_names) >= 16
     assert {k: len(v) for k, v in d.splits.items()} == {"train": 1600, "val": 200, "test": 200}
     with Image.open(d.image_paths[0]) as img:
-        assert img.size == (32, 64) and img.mode == "RGB"
+        assert img.size == (64, 64) and img.mode == "RGB"
     assert d.prompts[d.attr_names.index("Skirt")] == "A pedestrian wearing a skirt"
     y = {k: d.labels[:, j].astype(bool) for j, k in enumerate(d.attr_names)}
     rates = d.labels.mean(0)
