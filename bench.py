@@ -134,7 +134,7 @@ def run(model, opts, compare):
     with torch.no_grad(), ctx:
         t_enc, _ = timed(lambda: model.clip.encode_image(images, all_tokens=True), reps, cuda)
         flops = encoder_flops(c, B)
-        print(f"{'image encoder alone':40s} {B / t_enc:8.1f} images/s   {flops / t_enc / 1e12:.2f} TFLOP/s (2 x the "
+        print(f"{'image encoder alone':40s} {B / t_enc:9.2f} images/s   {flops / t_enc / 1e12:.3g} TFLOP/s (2 x the "
               f"multiply-adds of its matmuls and convolutions: {flops / B / 1e9:.1f} GFLOP per image)")
         for case in ("untrained weights (stops by itself)", f"worst case: emits all {A} attributes"):
             if case.startswith("worst"):
@@ -146,7 +146,7 @@ def run(model, opts, compare):
             t_beam, _ = timed(lambda: model.generate(images, beam_size=3), reps, cuda)
             print(f"-- {case}: {pred.sum(1).float().mean():.1f} attributes per image")
             for name, t in (("generate, greedy", t_greedy), ("generate, beam 3", t_beam)):
-                print(f"{name:40s} {B / t:8.1f} images/s   decoding adds {100 * (t - t_enc) / t_enc:5.1f}% to the "
+                print(f"{name:40s} {B / t:9.2f} images/s   decoding adds {100 * (t - t_enc) / t_enc:5.1f}% to the "
                       f"encoder")
             if compare and case.startswith("untrained"):  # short outputs: a cheap check here; the worst case below
                 for official in (False, True):
@@ -155,10 +155,12 @@ def run(model, opts, compare):
             t_unc, pred_unc = timed(lambda: uncached_generate(model, images), reps, cuda)
             t_off, pred_off = timed(lambda: uncached_generate(model, images, official=True), 1, cuda)
             assert torch.equal(pred_unc, pred) and torch.equal(pred_off, pred), "uncached decoding disagrees"
-            print(f"{'greedy, no KV cache':40s} {B / t_unc:8.1f} images/s   cached is {t_unc / t_greedy:5.1f}x faster; "
+            print(f"{'greedy, no KV cache':40s} {B / t_unc:9.2f} images/s   cached is {t_unc / t_greedy:5.1f}x faster; "
                   f"decoding alone {(t_unc - t_enc) / (t_greedy - t_enc):5.1f}x")
-            print(f"{'greedy, official-style (text each step)':40s} {B / t_off:8.1f} images/s   cached is "
+            print(f"{'greedy, official-style (text each step)':40s} {B / t_off:9.2f} images/s   cached is "
                   f"{t_off / t_greedy:5.1f}x faster")
+        else:
+            print("-- the uncached loops: skipped (they run on the small config, in fp32; see --help)")
         hook.remove()
     if cuda:
         inference_memory = torch.cuda.max_memory_allocated(device)
@@ -181,7 +183,7 @@ def run(model, opts, compare):
     t_train, _ = timed(train_step, reps, cuda)
     memory = (f"   peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f} GiB (inference "
               f"{inference_memory / 2 ** 30:.1f} GiB)" if cuda else "")
-    print(f"{'training step (fwd, bwd, AdamW)':40s} {B / t_train:8.1f} images/s   {t_train / t_enc:.1f}x the encoder's "
+    print(f"{'training step (fwd, bwd, AdamW)':40s} {B / t_train:9.2f} images/s   {t_train / t_enc:.1f}x the encoder's "
           f"time{memory}")
     model.eval()
 
