@@ -12,11 +12,11 @@ What it prints, in images/s:
   worst case, every one of the A = 35 attributes forced, the length the official code always decodes; with what
   decoding adds to the encoder (the prompts' encoding, once per call, included);
 - one training step as train.py takes it: forward, backward, gradient clipping, fused AdamW; on CUDA, its peak memory;
-- on the default config only, the KV cache's gain against two uncached loops written here: one recomputes the decoder
+- on the small config in fp32, the KV cache's gain against two uncached loops written here: one recomputes the decoder
   over the whole prefix at every step, the other does what the official code does (also re-encodes every prompt over
-  77 positions). Both decode the same tokens as generate, and the run checks they agree. For a released model the
-  official-style loop runs a 12-layer text encoder over 35 x 77 tokens at each of 36 steps: minutes per batch on a CPU,
-  so we skip the comparison there.
+  77 positions). Both decode the same tokens as generate, and the run checks they agree. We skip them for a released
+  model, where the official-style loop runs a 12-layer text encoder over 35 x 77 tokens at each of 36 steps (minutes
+  per batch on a CPU), and under bf16, where the cached and uncached loops round differently and may part at near-ties.
 --dtype=bf16 runs every forward pass under bf16 autocast, as train.py does on CUDA. --compile=True compiles the image
 encoder for inference (as sample.py --compile=True does) and the whole model for the training step (as train.py
 --compile=True does). Each figure is the best of --repeats timed runs, after a warm-up run that also compiles.
@@ -160,7 +160,7 @@ def run(model, opts, compare):
             print(f"{'greedy, official-style (text each step)':40s} {B / t_off:9.2f} images/s   cached is "
                   f"{t_off / t_greedy:5.1f}x faster")
         else:
-            print("-- the uncached loops: skipped (they run on the small config, in fp32; see --help)")
+            print("-- the uncached loops: skipped (they run on the small config in fp32 only; see --help)")
         hook.remove()
     if cuda:
         inference_memory = torch.cuda.max_memory_allocated(device)
@@ -199,8 +199,7 @@ def main(argv):
     torch.manual_seed(0)
     config = clip.config(opts["clip"]) if opts["clip"] else SMALL
     model = SequencePAR(clip.CLIP(config), PROMPTS_35, DecoderConfig(n_layer=6, n_head=8))
-    # the uncached loops on the small config only (see the docstring), and in fp32: under bf16 the cached and
-    # uncached loops round differently, so near-ties may be decoded differently
+    # the uncached loops on the small config in fp32 only (see the docstring)
     run(model.to(opts["device"]).eval(), opts, compare=not opts["clip"] and opts["dtype"] == "fp32")
 
 
