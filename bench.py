@@ -54,7 +54,8 @@ def parse_args(argv):
     for arg in argv:
         key, eq, text = arg[2:].partition("=")
         if not arg.startswith("--") or key not in opts or not eq:
-            raise ValueError(f"bad option {arg!r}; options: {', '.join('--' + k for k in opts)} (python bench.py --help)")
+            raise ValueError(f"bad option {arg!r}; options: {', '.join('--' + k for k in opts)} "
+                             f"(python bench.py --help)")
         kind = type(OPTIONS[key])
         value = text if kind is str else {"True": True, "False": False}.get(text) if kind is bool else (
             int(text) if text.isdigit() else None)
@@ -125,9 +126,9 @@ def run(model, opts, compare):
         model.clip.visual.compile()
     grid = c.image_resolution // c.vision_patch_size
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{where}; {opts['clip'] or 'small config'}: ViT {c.vision_layers} x {c.vision_width} at {c.image_resolution} "
-          f"px ({grid ** 2 + 1} image tokens), decoder {model.config.n_layer} x {c.embed_dim}, A = {A}; batch {B}, "
-          f"{opts['dtype']}{', compiled' if opts['compile'] else ''}; best of {reps} after a warm-up")
+    print(f"{where}; {opts['clip'] or 'small config'}: ViT {c.vision_layers} x {c.vision_width} at "
+          f"{c.image_resolution} px ({grid ** 2 + 1} image tokens), decoder {model.config.n_layer} x {c.embed_dim}, "
+          f"A = {A}; batch {B}, {opts['dtype']}{', compiled' if opts['compile'] else ''}; best of {reps} after a warm-up")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
 

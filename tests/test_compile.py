@@ -7,9 +7,11 @@ import os
 import pytest
 import torch
 
+import clip
 import sample
 import train
-from conftest import tiny_args
+from conftest import TINY, tiny_args
+from decoder import DecoderConfig, SequencePAR
 
 
 @pytest.fixture
@@ -73,4 +75,18 @@ def test_sample_compile_flag(trained_run, synth_root, capsys, fresh_dynamo):
     eager, compiled = results
     assert [r["image"] for r in compiled] == paths and any(r["attributes"] for r in eager)
     for e, c in zip(eager, compiled):
-        assert list(c["attributes"]) == list(e["attributes"]) and c["attributes"] == pytest.approx(e["attributes"], abs=1e-5)
+        assert list(c["attributes"]) == list(e["attributes"])
+        assert c["attributes"] == pytest.approx(e["attributes"], abs=1e-5)
+
+
+def test_the_decoder_compiles_whole_at_a_symbolic_length(fresh_dynamo):
+    # training batches differ in length, so torch.compile soon treats T as a symbol: the decoder must stay one graph
+    # then (fullgraph=True fails on any break; the eager backend checks the capture without compiling kernels)
+    torch.manual_seed(0)
+    prompts = [f"attribute {i}" for i in range(6)]
+    model = SequencePAR(clip.CLIP(TINY), prompts, DecoderConfig(n_layer=2, n_head=2)).eval()
+    images, idx = torch.randn(2, 3, 32, 32), torch.randint(0, 9, (2, 7))
+    kvs, table = model.encode(images), model.token_table()
+    decode = torch.compile(model.decode, fullgraph=True, dynamic=True, backend="eager")
+    for T in (4, 7):
+        torch.testing.assert_close(decode(idx[:, :T], kvs, table), model.decode(idx[:, :T], kvs, table))
