@@ -128,7 +128,8 @@ def run(model, opts, compare):
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"{where}; {opts['clip'] or 'small config'}: ViT {c.vision_layers} x {c.vision_width} at "
           f"{c.image_resolution} px ({grid ** 2 + 1} image tokens), decoder {model.config.n_layer} x {c.embed_dim}, "
-          f"A = {A}; batch {B}, {opts['dtype']}{', compiled' if opts['compile'] else ''}; best of {reps} after a warm-up")
+          f"A = {A}; batch {B}, {opts['dtype']}{', compiled' if opts['compile'] else ''}; best of {reps} after a "
+          f"warm-up")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
 
