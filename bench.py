@@ -1,25 +1,82 @@
 """
-Inference speed of SequencePAR, measured side by side in one run, so the ratios hold whatever the machine.
+Speed of SequencePAR, measured side by side in one run, so the ratios hold whatever the machine.
 
-    python bench.py [--batch=8] [--repeats=3] [--threads=0]
+    python bench.py                                  # a small config on the CPU (what `make bench` runs)
+    python bench.py --clip=ViT-L/14 --batch=8        # the paper's encoder, random weights, nothing downloaded
+    python bench.py --clip=ViT-B/16 --device=cuda --dtype=bf16 --compile=True --batch=64
 
-On a small config (an 8-layer ViT at 224 px, the paper's 6-layer decoder, A = 35 as PETA), it prints images/s of the
-image encoder alone and of generate (greedy and beam 3), what decoding adds on top of the encoder (the prompts'
-encoding, once per call, included), and how much the KV cache saves against two uncached loops written here: one that
-recomputes the decoder over the whole prefix at every step, and one that does what the official code does (also
-re-encodes every prompt over 77 positions). Both decode the same tokens as generate, and the run checks they agree.
+What it prints, in images/s:
+- the image encoder alone (every token through CLIP's ViT, ln_post and proj), and its TFLOP/s: 2 x the multiply-adds
+  of its matmuls and convolutions (encoder_flops below), over the measured time;
+- generate, greedy and beam 3, at two lengths: with untrained weights, which stop after an attribute or so, and in the
+  worst case, every one of the A = 35 attributes forced, the length the official code always decodes; with what
+  decoding adds to the encoder (the prompts' encoding, once per call, included);
+- one training step as train.py takes it: forward, backward, gradient clipping, fused AdamW; on CUDA, its peak memory;
+- on the small config in fp32, the KV cache's gain against two uncached loops written here: one recomputes the decoder
+  over the whole prefix at every step, the other does what the official code does (also re-encodes every prompt over
+  77 positions). Both decode the same tokens as generate, and the run checks they agree. We skip them for a released
+  model, where the official-style loop runs a 12-layer text encoder over 35 x 77 tokens at each of 36 steps (minutes
+  per batch on a CPU), and under bf16, where the cached and uncached loops round differently and may part at near-ties.
+--dtype=bf16 runs every forward pass under bf16 autocast, as train.py does on CUDA. --compile=True compiles the image
+encoder for inference (as sample.py --compile=True does) and the whole model for the training step (as train.py
+--compile=True does). Each figure is the best of --repeats timed runs, after a warm-up run that also compiles.
 """
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 import clip
+import train
+from checkpoint import resolve_device
 from data import PROMPTS
-from decoder import BOS, EOS, N_SPECIAL, DecoderConfig, SequencePAR, targets_to_labels
+from decoder import BOS, EOS, N_SPECIAL, DecoderConfig, SequencePAR, labels_to_targets, targets_to_labels
 
 PROMPTS_35 = list(PROMPTS.values())[:35]  # PETA's 35 prompts, in sequence order
+# a ViT-B/16-like encoder cut to 8 layers of 512, with the released models' ratio of joint width to ViT width
+SMALL = clip.CLIPConfig(embed_dim=384, image_resolution=224, vision_layers=8, vision_width=512, vision_heads=8,
+                        vision_patch_size=16, transformer_width=384, transformer_heads=6, transformer_layers=4)
+# the options and their defaults, what each expects (--help prints it, a bad value's error says it), and the checks
+# of their values beyond the type
+OPTIONS = dict(clip="", device="cpu", dtype="fp32", compile=False, batch=8, repeats=0, threads=0)
+HELP = dict(clip=f"a released architecture ({', '.join(clip.available_models())}); empty: the small config",
+            device="cpu, cuda, cuda:N or auto", dtype="fp32, or bf16 (autocast)", compile="True or False",
+            batch="a positive number of images", repeats="a number of timed runs (0: 3, or 1 for a released model)",
+            threads="a number of CPU threads (0: torch's default)")
+CHECKS = dict(clip=lambda v: v in ("", *clip.available_models()), dtype=lambda v: v in ("fp32", "bf16"),
+              batch=lambda v: v > 0)
+
+
+def parse_args(argv):
+    opts = dict(OPTIONS)
+    for arg in argv:
+        key, eq, text = arg[2:].partition("=")
+        if not arg.startswith("--") or key not in opts or not eq:
+            raise ValueError(f"bad option {arg!r}; options: {', '.join('--' + k for k in opts)} "
+                             f"(python bench.py --help)")
+        kind = type(OPTIONS[key])
+        value = text if kind is str else {"True": True, "False": False}.get(text) if kind is bool else (
+            int(text) if text.isdigit() else None)
+        if value is None or not CHECKS.get(key, lambda v: True)(value):
+            raise ValueError(f"--{key}={text}: expected {HELP[key]}")
+        opts[key] = value
+    opts["device"] = resolve_device(opts["device"])
+    opts["repeats"] = opts["repeats"] or (1 if opts["clip"] else 3)
+    return opts
+
+
+def encoder_flops(c, batch):
+    # 2 x the multiply-adds of every matmul and convolution of the ViT forward with all N tokens kept: the patch
+    # convolution; per layer the q, k, v and output projections, the attention scores QK^T and their weighted sum of V,
+    # the MLP's two matrices (4C wide); then proj on every token. Norms, softmax, GELU and additions are left out: they
+    # are a few operations per activation, against C or N per activation for the matmuls. (No config here has a stem.)
+    grid = c.image_resolution // c.vision_patch_size
+    N, C = grid ** 2 + 1, c.vision_width
+    patch = grid ** 2 * C * 3 * c.vision_patch_size ** 2
+    layer = N * C * 3 * C + N * C * C + 2 * N * N * C + N * C * 4 * C * 2
+    return 2 * batch * (patch + c.vision_layers * layer + N * C * c.embed_dim)
 
 
 def uncached_generate(model, images, official=False):
@@ -30,7 +87,7 @@ def uncached_generate(model, images, official=False):
     table = model.token_table()
     # the prompts as the official code feeds them: padded with zeros to CLIP's 77 positions, as tokenize pads them
     full_prompts = F.pad(model.prompt_tokens, (0, model.clip.config.context_length - model.prompt_tokens.shape[1]))
-    seq = torch.full((images.shape[0], 1), BOS)  # (B, T)
+    seq = torch.full((images.shape[0], 1), BOS, device=images.device)  # (B, T)
     for _ in range(model.n_attr + 1):
         if official:  # the same table, through the same unit normalisation, but encoded again at every step
             table = F.normalize(torch.cat([model.transformer.wte.weight, model.clip.encode_text(full_prompts)]), dim=-1)
@@ -43,64 +100,114 @@ def uncached_generate(model, images, official=False):
     return targets_to_labels(seq, model.n_attr)
 
 
-def timed(fn, repeats):
-    fn()  # warm-up
+def timed(fn, repeats, cuda):
+    # CUDA runs asynchronously: we wait for the GPU before reading the clock
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    fn()  # warm-up (and compilation)
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best, out
 
 
+def run(model, opts, compare):
+    """Prints every measurement for a model in eval mode on opts["device"]; compare: time the uncached loops too."""
+    B, reps, device = opts["batch"], opts["repeats"], opts["device"]
+    cuda, c, A = device.startswith("cuda"), model.clip.config, model.n_attr
+    # bf16 autocast as train.py uses it on CUDA; on the CPU the same, through the CPU's autocast
+    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if opts["dtype"] == "bf16" else nullcontext()
+    torch.manual_seed(0)
+    images = torch.randn(B, 3, c.image_resolution, c.image_resolution, device=device)
+    if opts["compile"]:
+        model.clip.visual.compile()
+    grid = c.image_resolution // c.vision_patch_size
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{where}; {opts['clip'] or 'small config'}: ViT {c.vision_layers} x {c.vision_width} at "
+          f"{c.image_resolution} px ({grid ** 2 + 1} image tokens), decoder {model.config.n_layer} x {c.embed_dim}, "
+          f"A = {A}; batch {B}, {opts['dtype']}{', compiled' if opts['compile'] else ''}; best of {reps} after a "
+          f"warm-up")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+
+    with torch.no_grad(), ctx:
+        t_enc, _ = timed(lambda: model.clip.encode_image(images, all_tokens=True), reps, cuda)
+        flops = encoder_flops(c, B)
+        print(f"{'image encoder alone':40s} {B / t_enc:9.2f} images/s   {flops / t_enc / 1e12:.3g} TFLOP/s (2 x the "
+              f"multiply-adds of its matmuls and convolutions: {flops / B / 1e9:.1f} GFLOP per image)")
+        for case in ("untrained weights (stops by itself)", f"worst case: emits all {A} attributes"):
+            if case.startswith("worst"):
+                # every attribute, in order, then <eos>: the longest output, the length the official code always runs
+                bias = -10.0 * torch.arange(A + N_SPECIAL, device=device)
+                bias[EOS] = -1e4
+                hook = model.lm_head.register_forward_hook(lambda module, inputs, out: out + bias)
+            t_greedy, (pred, _) = timed(lambda: model.generate(images, beam_size=1), reps, cuda)
+            t_beam, _ = timed(lambda: model.generate(images, beam_size=3), reps, cuda)
+            print(f"-- {case}: {pred.sum(1).float().mean():.1f} attributes per image")
+            for name, t in (("generate, greedy", t_greedy), ("generate, beam 3", t_beam)):
+                print(f"{name:40s} {B / t:9.2f} images/s   decoding adds {100 * (t - t_enc) / t_enc:5.1f}% to the "
+                      f"encoder")
+            if compare and case.startswith("untrained"):  # short outputs: a cheap check here; the worst case below
+                for official in (False, True):
+                    assert torch.equal(uncached_generate(model, images, official), pred), "uncached decoding disagrees"
+        if compare:
+            t_unc, pred_unc = timed(lambda: uncached_generate(model, images), reps, cuda)
+            t_off, pred_off = timed(lambda: uncached_generate(model, images, official=True), 1, cuda)
+            assert torch.equal(pred_unc, pred) and torch.equal(pred_off, pred), "uncached decoding disagrees"
+            print(f"{'greedy, no KV cache':40s} {B / t_unc:9.2f} images/s   cached is {t_unc / t_greedy:5.1f}x faster; "
+                  f"decoding alone {(t_unc - t_enc) / (t_greedy - t_enc):5.1f}x")
+            print(f"{'greedy, official-style (text each step)':40s} {B / t_off:9.2f} images/s   cached is "
+                  f"{t_off / t_greedy:5.1f}x faster")
+        else:
+            print("-- the uncached loops: skipped (they run on the small config in fp32 only; see --help)")
+        hook.remove()
+    if cuda:
+        inference_memory = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+    # one training step, the way train.py takes it, on labels with about a third of the attributes positive
+    model.train()
+    targets = labels_to_targets((torch.rand(B, A, device=device) < 0.3).to(torch.uint8))
+    optimizer, _ = train.configure_optimizer(model, train.TrainConfig())  # the paper's AdamW settings
+    step_model = torch.compile(model) if opts["compile"] else model
+
+    def train_step():
+        with ctx:
+            _, loss = step_model(images, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    t_train, _ = timed(train_step, reps, cuda)
+    memory = (f"   peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f} GiB (inference "
+              f"{inference_memory / 2 ** 30:.1f} GiB)" if cuda else "")
+    print(f"{'training step (fwd, bwd, AdamW)':40s} {B / t_train:9.2f} images/s   {t_train / t_enc:.1f}x the encoder's "
+          f"time{memory}")
+    model.eval()
+
+
 def main(argv):
-    opts = dict(batch=8, repeats=3, threads=0)
-    for arg in argv:
-        key, _, value = arg.lstrip("-").partition("=")
-        if key not in opts or not value.isdigit():
-            sys.exit(f"error: bad option {arg!r}; options are --batch=N, --repeats=N, --threads=N")
-        opts[key] = int(value)
+    if "--help" in argv or "-h" in argv:
+        print(__doc__.strip() + "\n\noptions (--key=value):\n" + "\n".join(
+            f"  --{k}={v}".ljust(24) + HELP[k] for k, v in OPTIONS.items()))
+        return
+    opts = parse_args(argv)
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
     torch.manual_seed(0)
-    # a ViT-B/16-like encoder cut to 8 layers of 512, with the released models' ratio of joint width to ViT width
-    config = clip.CLIPConfig(embed_dim=384, image_resolution=224, vision_layers=8, vision_width=512, vision_heads=8,
-                             vision_patch_size=16, transformer_width=384, transformer_heads=6, transformer_layers=4)
-    model = SequencePAR(clip.CLIP(config), PROMPTS_35, DecoderConfig(n_layer=6, n_head=8)).eval()
-    images = torch.randn(opts["batch"], 3, 224, 224)
-    B, reps = opts["batch"], opts["repeats"]
-    print(f"CPU, {torch.get_num_threads()} threads, batch {B}, A = {model.n_attr}, ViT width {config.vision_width} x "
-          f"{config.vision_layers} layers, {1 + (224 // 16) ** 2} image tokens, decoder "
-          f"{model.config.n_layer} layers x {config.embed_dim}; best of {reps}")
-
-    with torch.no_grad():
-        t_enc, _ = timed(lambda: model.clip.encode_image(images, all_tokens=True), reps)
-        print(f"{'image encoder alone':40s} {B / t_enc:8.1f} images/s")
-        for case in ("untrained weights (stops by itself)", "worst case: emits all 35 attributes"):
-            if case.startswith("worst"):
-                # every attribute, in order, then <eos>: the longest output, the length the official code always runs
-                bias = -10.0 * torch.arange(model.n_attr + N_SPECIAL)
-                bias[EOS] = -1e4
-                hook = model.lm_head.register_forward_hook(lambda module, inputs, out: out + bias)
-            t_greedy, (pred, _) = timed(lambda: model.generate(images, beam_size=1), reps)
-            t_beam, _ = timed(lambda: model.generate(images, beam_size=3), reps)
-            print(f"-- {case}: {pred.sum(1).float().mean():.1f} attributes per image")
-            print(f"{'generate, greedy':40s} {B / t_greedy:8.1f} images/s   decoding adds "
-                  f"{100 * (t_greedy - t_enc) / t_enc:5.1f}% to the encoder")
-            print(f"{'generate, beam 3':40s} {B / t_beam:8.1f} images/s   decoding adds "
-                  f"{100 * (t_beam - t_enc) / t_enc:5.1f}% to the encoder")
-            if case.startswith("untrained"):  # short outputs: a cheap check here; the worst case is checked below
-                for official in (False, True):
-                    assert torch.equal(uncached_generate(model, images, official), pred), "uncached decoding disagrees"
-        t_unc, pred_unc = timed(lambda: uncached_generate(model, images), reps)
-        t_off, pred_off = timed(lambda: uncached_generate(model, images, official=True), 1)
-        hook.remove()
-        assert torch.equal(pred_unc, pred) and torch.equal(pred_off, pred), "uncached decoding disagrees"
-        print(f"{'greedy, no KV cache':40s} {B / t_unc:8.1f} images/s   cached is {t_unc / t_greedy:5.1f}x faster; "
-              f"decoding alone {(t_unc - t_enc) / (t_greedy - t_enc):5.1f}x")
-        print(f"{'greedy, official-style (text each step)':40s} {B / t_off:8.1f} images/s   cached is "
-              f"{t_off / t_greedy:5.1f}x faster")
+    config = clip.config(opts["clip"]) if opts["clip"] else SMALL
+    model = SequencePAR(clip.CLIP(config), PROMPTS_35, DecoderConfig(n_layer=6, n_head=8))
+    # the uncached loops on the small config in fp32 only (see the docstring)
+    run(model.to(opts["device"]).eval(), opts, compare=not opts["clip"] and opts["dtype"] == "fp32")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.stdout.reconfigure(line_buffering=True)
+    try:
+        main(sys.argv[1:])
+    except ValueError as e:
+        sys.exit(f"error: {e}")

@@ -49,7 +49,9 @@ class SelfAttention(nn.Module):
             cache["k"][:, :, start:start + T] = k
             cache["v"][:, :, start:start + T] = v
             k, v = cache["k"][:, :, :start + T], cache["v"][:, :, :start + T]
-        causal = T > 1  # a prefix fed at once needs the mask; a single new token sees everything cached
+        # A prefix fed at once needs the mask; a single new token sees everything cached. We test `cache is None`
+        # first: in training, torch.compile may make T symbolic, and SDPA takes only a real bool, not `T > 1`.
+        causal = cache is None or T > 1
         assert start == 0 or not causal, "prefixes are fed only from position 0"
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))

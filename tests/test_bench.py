@@ -1,0 +1,68 @@
+"""bench.py: its FLOP count against PyTorch's counter, every figure printed on a tiny model, and its option errors."""
+import re
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import bench
+import clip
+from conftest import run_script
+from decoder import DecoderConfig, SequencePAR
+
+TINY = clip.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_heads=2,
+                       vision_patch_size=8, transformer_width=64, transformer_heads=2, transformer_layers=2)
+
+
+@pytest.mark.parametrize("config", [TINY, clip.config("ViT-B/32")], ids=["tiny", "ViT-B/32"])
+def test_encoder_flops_match_pytorchs_count(config):
+    c = config
+    visual = clip.VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
+                                    c.vision_heads, c.embed_dim)
+    x = torch.randn(2, 3, c.image_resolution, c.image_resolution)
+    # FlopCounterMode counts matmuls and convolutions (not norms or softmax, as we do not); it does not know the CPU's
+    # fused attention kernel, so attention runs as its plain matmuls here
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        visual(x, all_tokens=True)
+    assert bench.encoder_flops(c, 2) == pytest.approx(counter.get_total_flops(), rel=1e-3)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return SequencePAR(clip.CLIP(TINY), bench.PROMPTS_35, DecoderConfig(n_layer=2, n_head=4)).eval()
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_prints_every_figure(dtype, capsys):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bench.run(model, bench.parse_args(["--batch=3", "--repeats=1", f"--dtype={dtype}"]), compare=dtype == "fp32")
+    out = capsys.readouterr().out
+    rate = r"\s+\d+\.\d\d images/s"
+    assert re.search(rf"^CPU, \d+ threads; small config: ViT 2 x 64 at 32 px \(17 image tokens\), decoder 2 x 32, "
+                     rf"A = 35; batch 3, {dtype}; best of 1", out)
+    assert re.search(rf"^image encoder alone{rate}\s+[0-9.e+-]+ TFLOP/s", out, re.M)
+    assert re.search(r"^-- worst case: emits all 35 attributes: 35.0 attributes per image$", out, re.M)
+    assert len(re.findall(rf"^generate, (greedy|beam 3){rate}\s+decoding adds", out, re.M)) == 4
+    compared = [bool(re.search(r, out, re.M)) for r in (r"^greedy, no KV cache", r"^greedy, official-style")]
+    assert compared == [dtype == "fp32"] * 2 and ("-- the uncached loops: skipped" in out) == (dtype == "bf16")
+    assert re.search(rf"^training step \(fwd, bwd, AdamW\){rate}", out, re.M)
+    assert not model.training and model.lm_head._forward_hooks == {}  # left as it came, but for the trained weights
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_option_errors_are_one_line():
+    for arg, message in (("--batch=0", "--batch=0: expected a positive number"),
+                         ("--clip=ViT-H/14", "--clip=ViT-H/14: expected a released architecture (ViT-B/32, "),
+                         ("--dtype=fp16", "--dtype=fp16: expected fp32, or bf16"),
+                         ("--device=cuda:99", "--device=cuda:99: this machine has"),
+                         ("--compile=yes", "--compile=yes: expected True or False"),
+                         ("--nope=1", "bad option '--nope=1'; options: --clip, --device")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            bench.parse_args([arg])
+    opts = bench.parse_args(["--clip=ViT-L/14", "--compile=True"])
+    assert opts["clip"] == "ViT-L/14" and opts["compile"] is True and opts["repeats"] == 1 and opts["batch"] == 8
+    assert bench.parse_args([])["repeats"] == 3
+    r = run_script("bench.py", "--dtype=fp16")
+    assert r.returncode == 1 and r.stderr == "error: --dtype=fp16: expected fp32, or bf16 (autocast)\n"
