@@ -44,6 +44,8 @@ def test_config_overrides():
     assert cfg.epochs == 50 and cfg.batch_size == 32 and cfg.weight_decay == 1e-4  # the paper's recipe
     synth = train.parse_config(["--dataset=synth", "--lr=0.01"])
     assert synth.clip == "tiny" and synth.time_budget > 0 and synth.lr == 0.01  # synth defaults, then overrides
+    plain = train.parse_config(["--dataset=synth", "--preset="])
+    assert plain.preset == "" and plain.clip == "ViT-L/14" and plain.eval_interval == 0  # the paper's recipe on synth
 
 
 @pytest.mark.parametrize("argv, message", [
