@@ -4,6 +4,7 @@ Speed of SequencePAR, measured side by side in one run, so the ratios hold whate
     python bench.py                                  # a small config on the CPU (what `make bench` runs)
     python bench.py --clip=ViT-L/14 --batch=8        # the paper's encoder, random weights, nothing downloaded
     python bench.py --clip=ViT-B/16 --device=cuda --dtype=bf16 --compile=True --batch=64
+    python bench.py --train=True                     # where the demo's training time goes
 
 What it prints, in images/s:
 - the image encoder alone (every token through CLIP's ViT, ln_post and proj), and its TFLOP/s: 2 x the multiply-adds
@@ -20,7 +21,15 @@ What it prints, in images/s:
 --dtype=bf16 runs every forward pass under bf16 autocast, as train.py does on CUDA. --compile=True compiles the image
 encoder for inference (as sample.py --compile=True does) and the whole model for the training step (as train.py
 --compile=True does). Each figure is the best of --repeats timed runs, after a warm-up run that also compiles.
+
+--train=True measures the demo instead (train.py --dataset=synth: the tiny CLIP, its 2-layer decoder, batch 64), on a
+few hundred synthetic images drawn into a temporary folder: the two input pipelines (PIL transforms per image in one
+process, and crop and flip on batches of preloaded uint8 images), one SequencePAR training step, the same encoder with
+a linear multi-label head and BCE (what SequencePAR's decoder costs in training), and the image encoder's forward and
+backward alone.
 """
+import os
+import tempfile
 import sys
 import time
 from contextlib import nullcontext
@@ -31,7 +40,8 @@ import torch.nn.functional as F
 import clip
 import train
 from checkpoint import resolve_device
-from data import PROMPTS
+import synth
+from data import PROMPTS, PARImages, augment, crop_pad, load_dataset, load_images
 from decoder import BOS, EOS, N_SPECIAL, DecoderConfig, SequencePAR, labels_to_targets, targets_to_labels
 
 PROMPTS_35 = list(PROMPTS.values())[:35]  # PETA's 35 prompts, in sequence order
@@ -40,11 +50,12 @@ SMALL = clip.CLIPConfig(embed_dim=384, image_resolution=224, vision_layers=8, vi
                         vision_patch_size=16, transformer_width=384, transformer_heads=6, transformer_layers=4)
 # the options and their defaults, what each expects (--help prints it, a bad value's error says it), and the checks
 # of their values beyond the type
-OPTIONS = dict(clip="", device="cpu", dtype="fp32", compile=False, batch=8, repeats=0, threads=0)
+OPTIONS = dict(clip="", device="cpu", dtype="fp32", compile=False, batch=0, repeats=0, threads=0, train=False)
 HELP = dict(clip=f"a released architecture ({', '.join(clip.available_models())}); empty: the small config",
             device="cpu, cuda, cuda:N or auto", dtype="fp32, or bf16 (autocast)", compile="True or False",
-            batch="a positive number of images", repeats="a number of timed runs (0: 3, or 1 for a released model)",
-            threads="a number of CPU threads (0: torch's default)")
+            batch="a positive number of images (0: 8, or the demo's 64 with --train=True)",
+            repeats="a number of timed runs (0: 3, or 1 for a released model)",
+            threads="a number of CPU threads (0: torch's default)", train="True: the demo's training (see above)")
 CHECKS = dict(clip=lambda v: v in ("", *clip.available_models()), dtype=lambda v: v in ("fp32", "bf16"),
               batch=lambda v: v > 0)
 
@@ -63,7 +74,10 @@ def parse_args(argv):
             raise ValueError(f"--{key}={text}: expected {HELP[key]}")
         opts[key] = value
     opts["device"] = resolve_device(opts["device"])
+    if opts["train"] and opts["clip"]:
+        raise ValueError(f"--train=True measures the demo's tiny CLIP; leave out --clip={opts['clip']}")
     opts["repeats"] = opts["repeats"] or (1 if opts["clip"] else 3)
+    opts["batch"] = opts["batch"] or (train.PRESETS["synth"]["batch_size"] if opts["train"] else 8)
     return opts
 
 
@@ -190,6 +204,79 @@ def run(model, opts, compare):
     model.eval()
 
 
+def run_training(opts):
+    """The demo's training, piece by piece: input pipelines, then training steps with and without the decoder."""
+    B, reps, device = opts["batch"], opts["repeats"], opts["device"]
+    cuda = device.startswith("cuda")
+    cfg = train.parse_config(["--dataset=synth"])  # the demo's preset
+    size = train.TINY_CLIP.image_resolution
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "synth")
+        synth.make_synthetic(root, n=max(320, 5 * B), seed=0)
+        data = load_dataset("synth", root)
+        train_idx = data.splits["train"][:2 * B]
+        where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+        print(f"{where}; the demo: tiny CLIP (ViT {train.TINY_CLIP.vision_layers} x {train.TINY_CLIP.vision_width} at "
+              f"{size} px), decoder {cfg.n_layer} x {train.TINY_CLIP.embed_dim}, A = {len(data.attr_names)}; batch "
+              f"{B}, {opts['dtype']}{', compiled' if opts['compile'] else ''}; best of {reps} after a warm-up")
+        # the input: a batch through the PIL transforms (what one DataLoader worker does), and from preloaded pixels
+        images = PARImages(data, train_idx[:B], size, train=True)
+        t_pil, _ = timed(lambda: torch.stack([images[i][0] for i in range(B)]), reps, False)
+        print(f"{'input: PIL transforms, one process':40s} {B / t_pil:9.2f} images/s   read, pad, resize, crop, flip, "
+              f"normalize, per image")
+        t0 = time.perf_counter()
+        pixels = load_images(data.image_paths, size, os.path.join(tmp, "cache.pt"))[torch.from_numpy(train_idx[:B])]
+        t_decode = time.perf_counter() - t0
+        t_pre, _ = timed(lambda: augment(pixels, crop_pad(size)), reps, False)
+        print(f"{'input: preloaded uint8, on batches':40s} {B / t_pre:9.2f} images/s   after decoding once "
+              f"({len(data.image_paths) / t_decode:.0f} images/s, all processes)")
+
+    torch.manual_seed(0)
+    model = train.build_model(cfg, data).to(device).train()
+    labels = torch.from_numpy(data.labels[train_idx[:B]]).to(device)
+    targets = labels_to_targets(labels)
+    x = augment(pixels, crop_pad(size)).to(device)
+    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if opts["dtype"] == "bf16" else nullcontext()
+    # the baseline: the same (fresh) image encoder, its pooled and projected token through one linear layer, BCE per
+    # attribute; no text tower
+    torch.manual_seed(0)
+    baseline = torch.nn.ModuleDict(dict(visual=clip.CLIP(train.TINY_CLIP).visual, head=torch.nn.Linear(
+        train.TINY_CLIP.embed_dim, len(data.attr_names)))).to(device).train()
+
+    def bce_loss(x, y):
+        return F.binary_cross_entropy_with_logits(baseline.head(baseline.visual(x)), y.float())
+
+    def sequence_loss(x, targets):
+        return model(x, targets)[1]
+
+    def encoder_only(x, _):
+        return baseline.visual(x, all_tokens=True).square().mean()
+
+    times = {}
+    for name, module, loss_fn, y in (("SequencePAR", model, sequence_loss, targets), ("BCE head", baseline, bce_loss,
+                                     labels), ("encoder", baseline, encoder_only, None)):
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        step_fn = torch.compile(loss_fn) if opts["compile"] else loss_fn
+
+        def train_step():
+            with ctx:
+                loss = step_fn(x, y)
+            loss.backward()
+            if name != "encoder":  # the encoder alone: forward and backward only
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        times[name], _ = timed(train_step, reps, cuda)
+    t_seq, t_bce, t_enc = times["SequencePAR"], times["BCE head"], times["encoder"]
+    print(f"{'training step, SequencePAR':40s} {B / t_seq:9.2f} images/s   fwd, bwd, clipping, AdamW: "
+          f"{t_seq / t_bce:.2f}x the BCE head's time")
+    print(f"{'training step, linear BCE head':40s} {B / t_bce:9.2f} images/s   the same encoder, no text tower or "
+          f"decoder")
+    print(f"{'image encoder forward + backward':40s} {B / t_enc:9.2f} images/s   {100 * t_enc / t_seq:.0f}% of the "
+          f"SequencePAR step")
+
+
 def main(argv):
     if "--help" in argv or "-h" in argv:
         print(__doc__.strip() + "\n\noptions (--key=value):\n" + "\n".join(
@@ -198,6 +285,8 @@ def main(argv):
     opts = parse_args(argv)
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
+    if opts["train"]:
+        return run_training(opts)
     torch.manual_seed(0)
     config = clip.config(opts["clip"]) if opts["clip"] else SMALL
     model = SequencePAR(clip.CLIP(config), PROMPTS_35, DecoderConfig(n_layer=6, n_head=8))

@@ -52,17 +52,32 @@ def test_prints_every_figure(dtype, capsys):
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_training_section_prints_every_figure(capsys):
+    bench.run_training(bench.parse_args(["--train=True", "--batch=8", "--repeats=1"]))
+    out = capsys.readouterr().out
+    rate = r"\s+\d+\.\d\d images/s"
+    assert re.search(r"^CPU, \d+ threads; the demo: tiny CLIP \(ViT 4 x 128 at 64 px\), decoder 2 x 128, A = 22; batch 8",
+                     out, re.M)
+    for row in (r"input: PIL transforms, one process", r"input: preloaded uint8, on batches",
+                r"training step, SequencePAR" + rate + r"\s+fwd, bwd, clipping, AdamW: \d+\.\d\dx the BCE head's time",
+                r"training step, linear BCE head", r"image encoder forward \+ backward" + rate + r"\s+\d+% of the"):
+        assert re.search(rf"^{row}", out, re.M), (row, out)
+
+
 def test_option_errors_are_one_line():
     for arg, message in (("--batch=0", "--batch=0: expected a positive number"),
                          ("--clip=ViT-H/14", "--clip=ViT-H/14: expected a released architecture (ViT-B/32, "),
                          ("--dtype=fp16", "--dtype=fp16: expected fp32, or bf16"),
                          ("--device=cuda:99", "--device=cuda:99: this machine has"),
                          ("--compile=yes", "--compile=yes: expected True or False"),
-                         ("--nope=1", "bad option '--nope=1'; options: --clip, --device")):
+                         ("--nope=1", "bad option '--nope=1'; options: --clip, --device"),
+                         ("--train=1", "--train=1: expected True: the demo's training")):
         with pytest.raises(ValueError, match=re.escape(message)):
             bench.parse_args([arg])
     opts = bench.parse_args(["--clip=ViT-L/14", "--compile=True"])
     assert opts["clip"] == "ViT-L/14" and opts["compile"] is True and opts["repeats"] == 1 and opts["batch"] == 8
-    assert bench.parse_args([])["repeats"] == 3
+    assert bench.parse_args([])["repeats"] == 3 and bench.parse_args(["--train=True"])["batch"] == 64
+    with pytest.raises(ValueError, match=r"--train=True measures the demo's tiny CLIP; leave out --clip=ViT-B/32"):
+        bench.parse_args(["--train=True", "--clip=ViT-B/32"])
     r = run_script("bench.py", "--dtype=fp16")
     assert r.returncode == 1 and r.stderr == "error: --dtype=fp16: expected fp32, or bf16 (autocast)\n"
