@@ -53,7 +53,7 @@ SMALL = clip.CLIPConfig(embed_dim=384, image_resolution=224, vision_layers=8, vi
 OPTIONS = dict(clip="", device="cpu", dtype="fp32", compile=False, batch=0, repeats=0, threads=0, train=False)
 HELP = dict(clip=f"a released architecture ({', '.join(clip.available_models())}); empty: the small config",
             device="cpu, cuda, cuda:N or auto", dtype="fp32, or bf16 (autocast)", compile="True or False",
-            batch="a positive number of images (0: 8, or the demo's 64 with --train=True)",
+            batch="a positive number of images (by default 8, or the demo's 64 with --train=True)",
             repeats="a number of timed runs (0: 3, or 1 for a released model)",
             threads="a number of CPU threads (0: torch's default)", train="True: the demo's training (see above)")
 CHECKS = dict(clip=lambda v: v in ("", *clip.available_models()), dtype=lambda v: v in ("fp32", "bf16"),
