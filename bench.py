@@ -271,10 +271,10 @@ def run_training(opts):
     t_seq, t_bce, t_enc = times["SequencePAR"], times["BCE head"], times["encoder"]
     print(f"{'training step, SequencePAR':40s} {B / t_seq:9.2f} images/s   fwd, bwd, clipping, AdamW: "
           f"{t_seq / t_bce:.2f}x the BCE head's time")
-    print(f"{'training step, linear BCE head':40s} {B / t_bce:9.2f} images/s   the same encoder, no text tower or "
-          f"decoder")
-    print(f"{'image encoder forward + backward':40s} {B / t_enc:9.2f} images/s   {100 * t_enc / t_seq:.0f}% of the "
-          f"SequencePAR step")
+    print(f"{'training step, linear BCE head':40s} {B / t_bce:9.2f} images/s   the same encoder, its pooled token, "
+          f"no text tower or decoder")
+    print(f"{'image encoder fwd + bwd, all tokens':40s} {B / t_enc:9.2f} images/s   {100 * t_enc / t_seq:.0f}% of the "
+          f"SequencePAR step (no optimizer)")
 
 
 def main(argv):
