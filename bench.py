@@ -114,6 +114,16 @@ def uncached_generate(model, images, official=False):
     return targets_to_labels(seq, model.n_attr)
 
 
+def setting(opts):
+    """Where the run happens, for the header line, and the context every forward pass runs in: bf16 autocast as
+    train.py uses it on CUDA (on the CPU the same, through the CPU's autocast), or nothing."""
+    device = opts["device"]
+    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else \
+        f"CPU, {torch.get_num_threads()} threads"
+    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if opts["dtype"] == "bf16" else nullcontext()
+    return where, ctx
+
+
 def timed(fn, repeats, cuda):
     # CUDA runs asynchronously: we wait for the GPU before reading the clock
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -132,14 +142,12 @@ def run(model, opts, compare):
     """Prints every measurement for a model in eval mode on opts["device"]; compare: time the uncached loops too."""
     B, reps, device = opts["batch"], opts["repeats"], opts["device"]
     cuda, c, A = device.startswith("cuda"), model.clip.config, model.n_attr
-    # bf16 autocast as train.py uses it on CUDA; on the CPU the same, through the CPU's autocast
-    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if opts["dtype"] == "bf16" else nullcontext()
+    where, ctx = setting(opts)
     torch.manual_seed(0)
     images = torch.randn(B, 3, c.image_resolution, c.image_resolution, device=device)
     if opts["compile"]:
         model.clip.visual.compile()
     grid = c.image_resolution // c.vision_patch_size
-    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"{where}; {opts['clip'] or 'small config'}: ViT {c.vision_layers} x {c.vision_width} at "
           f"{c.image_resolution} px ({grid ** 2 + 1} image tokens), decoder {model.config.n_layer} x {c.embed_dim}, "
           f"A = {A}; batch {B}, {opts['dtype']}{', compiled' if opts['compile'] else ''}; best of {reps} after a "
@@ -215,7 +223,7 @@ def run_training(opts):
         synth.make_synthetic(root, n=max(320, 5 * B), seed=0)
         data = load_dataset("synth", root)
         train_idx = data.splits["train"][:2 * B]
-        where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+        where, ctx = setting(opts)
         print(f"{where}; the demo: tiny CLIP (ViT {train.TINY_CLIP.vision_layers} x {train.TINY_CLIP.vision_width} at "
               f"{size} px), decoder {cfg.n_layer} x {train.TINY_CLIP.embed_dim}, A = {len(data.attr_names)}; batch "
               f"{B}, {opts['dtype']}{', compiled' if opts['compile'] else ''}; best of {reps} after a warm-up")
@@ -236,7 +244,6 @@ def run_training(opts):
     labels = torch.from_numpy(data.labels[train_idx[:B]]).to(device)
     targets = labels_to_targets(labels)
     x = augment(pixels, crop_pad(size)).to(device)
-    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if opts["dtype"] == "bf16" else nullcontext()
     # the baseline: the same (fresh) image encoder, its pooled and projected token through one linear layer, BCE per
     # attribute; no text tower
     torch.manual_seed(0)
