@@ -104,7 +104,8 @@ def uncached_generate(model, images, official=False):
     seq = torch.full((images.shape[0], 1), BOS, device=images.device)  # (B, T)
     for _ in range(model.n_attr + 1):
         if official:  # the same table, through the same unit normalisation, but encoded again at every step
-            table = F.normalize(torch.cat([model.transformer.wte.weight, model.clip.encode_text(full_prompts)]), dim=-1)
+            text = model.clip.encode_text(full_prompts, model.prompt_embedding)
+            table = F.normalize(torch.cat([model.transformer.wte.weight, text]), dim=-1)
         kvs = [block.cross_attn.memory_kv(memory) for block in model.transformer.h]
         logits = model.decode(seq, kvs, table)[:, -1]  # (B, V)
         nxt = logits.masked_fill(~model.allowed(seq[:, -1]), float("-inf")).argmax(-1)

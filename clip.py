@@ -191,10 +191,12 @@ class CLIP(nn.Module):
     def encode_image(self, image, all_tokens=False):
         return self.visual(image, all_tokens)
 
-    def encode_text(self, text):
+    def encode_text(self, text, token_embedding=None):
         # text: (B, L) token ids with L <= context_length. A shorter L gives the same features: the mask is causal
-        # and we pool at the EOT token, so positions after it never reach the output.
-        x = self.token_embedding(text) + self.positional_embedding[:text.shape[1]]  # (B, L, C)
+        # and we pool at the EOT token, so positions after it never reach the output. token_embedding: a (V', C)
+        # table to look the ids up in instead of our own (SequencePAR passes its prompts' rows, ids renumbered).
+        table = self.token_embedding.weight if token_embedding is None else token_embedding
+        x = F.embedding(text, table) + self.positional_embedding[:text.shape[1]]  # (B, L, C)
         x = self.ln_final(self.transformer(x))
         x = x[torch.arange(x.shape[0]), text.argmax(dim=-1)]  # EOT has the highest id in every row
         return x @ self.text_projection                        # (B, D)

@@ -152,7 +152,15 @@ class SequencePAR(nn.Module):
         # Prompt tokens cut to the longest prompt (its EOT position + 1): the text encoder is causal and pools at
         # EOT, so the cut is exact and saves most of the 77 positions.
         tokens = tokenize(prompts, context_length=clip_model.config.context_length)
-        self.register_buffer("prompt_tokens", tokens[:, :int(tokens.argmax(1).max()) + 1], persistent=False)
+        tokens = tokens[:, :int(tokens.argmax(1).max()) + 1]
+        # The prompts use a few dozen of CLIP's 49,408 token embeddings, and nothing else reads them. We train a copy
+        # of just those rows, the ids renumbered into it in order (EOT keeps the highest id): every output is the
+        # same, but a step no longer makes a gradient for the whole table nor AdamW update it (7% of the demo's
+        # step). CLIP's own table stays as it was, frozen (DDP wants a gradient for every trainable weight).
+        vocab, ids = tokens.unique(return_inverse=True)
+        self.register_buffer("prompt_tokens", ids, persistent=False)
+        self.prompt_embedding = nn.Parameter(clip_model.token_embedding.weight.detach()[vocab].clone())
+        clip_model.token_embedding.requires_grad_(False)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(N_SPECIAL, D),  # <bos>, <eos>, <pad>; attributes are embedded by the text encoder
             wpe=nn.Embedding(A + 1, D),      # inputs are <bos> and at most A attributes
@@ -188,7 +196,8 @@ class SequencePAR(nn.Module):
         # Every token is a unit vector, as CLIP compares its features. Raw text features are ~50x larger than the
         # decoder's other embeddings, and in a pre-norm stack such a token would drown what the blocks add to it:
         # the image would hardly reach the logits.
-        return F.normalize(torch.cat([self.transformer.wte.weight, self.clip.encode_text(self.prompt_tokens)]), dim=-1)
+        text = self.clip.encode_text(self.prompt_tokens, self.prompt_embedding)
+        return F.normalize(torch.cat([self.transformer.wte.weight, text]), dim=-1)
 
     def decode(self, idx, kvs, table, cache=None, start=0):
         # idx (B, T): ids at positions start .. start + T - 1; kvs: per layer, the image tokens' keys and values

@@ -209,9 +209,10 @@ def configure_optimizer(model, cfg):
     """AdamW with weight decay on matrices only. Returns the optimizer and each parameter group's base learning rate:
     we keep those out of the optimizer's state, so a resumed run follows the --lr it is given now."""
     groups, base_lrs = [], []
-    for part, lr in ((model.clip, cfg.lr), (model.transformer, cfg.decoder_lr or cfg.lr),
-                     (model.lm_head, cfg.decoder_lr or cfg.lr)):
-        params = [p for p in part.parameters() if p.requires_grad]
+    clip_part = [*model.clip.parameters(), model.prompt_embedding]  # (the prompts' rows of CLIP's token table)
+    decoder_part = [*model.transformer.parameters(), *model.lm_head.parameters()]
+    for part, lr in ((clip_part, cfg.lr), (decoder_part, cfg.decoder_lr or cfg.lr)):
+        params = [p for p in part if p.requires_grad]
         for chosen, decay in (([p for p in params if p.dim() >= 2], cfg.weight_decay), ([p for p in params if p.dim() < 2], 0.0)):
             if chosen:
                 groups.append(dict(params=chosen, weight_decay=decay))

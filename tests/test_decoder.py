@@ -1,4 +1,5 @@
 """The SequencePAR decoder: shapes, causality, exact cached decoding, the output constraints, beam search, learning."""
+import copy
 import itertools
 
 import pytest
@@ -258,10 +259,47 @@ def test_token_table_follows_the_weights():
         first = model.token_table()
         model.clip.ln_final.bias.add_(0.5)
         second = model.token_table()
-        fresh = F.normalize(model.clip.encode_text(model.prompt_tokens), dim=-1)
+        fresh = F.normalize(model.clip.encode_text(model.prompt_tokens, model.prompt_embedding), dim=-1)
         torch.testing.assert_close(second[3:], fresh, rtol=0, atol=1e-6)
         assert not torch.allclose(second[3:], first[3:], atol=1e-3)
     assert model.token_table().requires_grad  # with grad enabled the features are computed with their graph
+
+
+def test_prompt_rows_train_as_the_whole_table():
+    # SequencePAR trains a copy of the token embeddings its prompts use, the ids renumbered. The reference trains
+    # CLIP's whole 49,408-row table on the original ids, with the same AdamW and clipping: the losses, the decoded
+    # attributes and the trained rows must agree, and the rows no prompt uses get no gradient at all.
+    model = tiny_model(n_attr=12).train()
+    full = tokenize(PROMPTS[:12])[:, :model.prompt_tokens.shape[1]]
+    ref = copy.deepcopy(model)
+    ref.clip.token_embedding.weight.requires_grad_(True)
+    ref.prompt_embedding.requires_grad_(False)
+    ref.token_table = lambda: F.normalize(torch.cat([ref.transformer.wte.weight, ref.clip.encode_text(full)]), dim=-1)
+    assert model.prompt_embedding.shape[0] == full.unique().numel() < 100
+    g = torch.Generator().manual_seed(0)
+    images, targets = torch.randn(8, 3, 32, 32, generator=g), labels_to_targets(random_labels(8, 12, seed=1))
+    opts = []
+    for m in (model, ref):
+        params = [p for p in m.parameters() if p.requires_grad]
+        opts.append((params, torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)))
+    for step in range(3):
+        losses = []
+        for m, (params, opt) in zip((model, ref), opts):
+            _, loss = m(images, targets)
+            loss.backward()
+            losses.append(loss.item())
+            torch.nn.utils.clip_grad_norm_(params, 0.5)
+            if m is ref:
+                used = torch.zeros(ref.clip.config.vocab_size, dtype=torch.bool)
+                used[full.unique()] = True
+                assert ref.clip.token_embedding.weight.grad[~used].abs().max() == 0
+            opt.step()
+            opt.zero_grad()
+        assert abs(losses[0] - losses[1]) < 1e-5
+    torch.testing.assert_close(model.prompt_embedding, ref.clip.token_embedding.weight[full.unique()], rtol=0,
+                               atol=1e-5)
+    model.eval(), ref.eval()
+    assert torch.equal(model.generate(images)[0], ref.generate(images)[0])
 
 
 def test_weighted_loss():

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+import clip
 import train
 from conftest import run_script, tiny_args
+from decoder import DecoderConfig, SequencePAR
 
 
 def test_metrics_by_hand():
@@ -46,6 +48,24 @@ def test_config_overrides():
     assert synth.clip == "tiny" and synth.time_budget > 0 and synth.lr == 0.01  # synth defaults, then overrides
     plain = train.parse_config(["--dataset=synth", "--preset="])
     assert plain.preset == "" and plain.clip == "ViT-L/14" and plain.eval_interval == 0  # the paper's recipe on synth
+
+
+def test_optimizer_holds_every_trainable_weight_once():
+    torch.manual_seed(0)
+    config = clip.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=32, vision_heads=2,
+                             vision_patch_size=16, transformer_width=32, transformer_heads=2, transformer_layers=1)
+    model = SequencePAR(clip.CLIP(config), ["a person with a hat", "a person in boots"], DecoderConfig(1, 2, 0.0))
+    model.clip.logit_scale.requires_grad_(False)
+    cfg = train.TrainConfig(lr=1e-3, decoder_lr=5e-3, weight_decay=0.1)
+    optimizer, base_lrs = train.configure_optimizer(model, cfg)
+    held = [(id(p), lr, g["weight_decay"]) for g, lr in zip(optimizer.param_groups, base_lrs) for p in g["params"]]
+    trainable = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
+    assert sorted(i for i, _, _ in held) == sorted(trainable)  # each one, once; frozen ones (CLIP's table) not
+    assert "prompt_embedding" in trainable.values() and "clip.token_embedding.weight" not in trainable.values()
+    for i, lr, decay in held:
+        name = trainable[i]
+        assert lr == (5e-3 if name.startswith(("transformer.", "lm_head.")) else 1e-3), name
+        assert decay == (0.1 if dict(model.named_parameters())[name].dim() >= 2 else 0.0), name
 
 
 @pytest.mark.parametrize("argv, message", [
