@@ -174,7 +174,8 @@ def _chunk(job):
         r = random.Random(f"{seed}/{i}")  # image i depends on (seed, i) only, not on which worker draws it
         a = _labels(r)
         name = f"images/{i:06d}.png"
-        _image(r, a, np.random.default_rng([seed, i])).save(os.path.join(folder, name))
+        img = _image(r, a, np.random.default_rng([seed, i]))
+        img.save(os.path.join(folder, name), compress_level=1)  # zlib level 1: a quarter faster, 12% larger
         split = "train" if i < 0.8 * n else "val" if i < 0.9 * n else "test"  # 80 / 10 / 10
         rows.append([name, split] + [int(a[k]) for k in ATTRS])
     return rows
