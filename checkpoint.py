@@ -95,7 +95,9 @@ def model_from_checkpoint(ckpt, path):
                             DecoderConfig(**ckpt["decoder_config"]))
         model.load_state_dict(ckpt["model"])
     except (TypeError, RuntimeError) as e:  # from another version of the model
-        raise ValueError(f"{path} does not fit this code's model ({str(e).strip().splitlines()[0]})") from None
+        # load_state_dict's message: a header line, then one line per kind of mismatch; we keep the first of those
+        reason = " ".join(line.strip() for line in str(e).strip().splitlines()[:2])
+        raise ValueError(f"{path} does not fit this code's model ({reason[:300]})") from None
     return model
 
 

@@ -60,6 +60,17 @@ def test_bad_checkpoints_are_one_line_errors_and_run_nothing(trained_run, synth_
         sample.main(["x.jpg", f"--ckpt={tmp_path}"])
 
 
+def test_a_checkpoint_of_another_model_version_is_one_line(trained_run, tmp_path):
+    import sample
+    ckpt = torch.load(os.path.join(trained_run[0], "ckpt.pt"), weights_only=True)
+    del ckpt["model"]["prompt_embedding"]  # as an older version of SequencePAR saved it
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"old\.pt does not fit this code's model \(Error\(s\) in loading state_dict "
+                                         r"for SequencePAR: Missing key\(s\) in state_dict: \"prompt_embedding\"") as e:
+        sample.main(["x.jpg", f"--ckpt={tmp_path / 'old.pt'}"])
+    assert "\n" not in str(e.value)
+
+
 def test_files_that_would_run_code_run_nothing(trained_run, synth_root, tmp_path):
     # a TorchScript archive whose torch.jit.load would create a file (see test_clip.py), and a pickle that would run
     # a command, handed to each of --clip, --ckpt and --resume
