@@ -8,7 +8,6 @@ DEMO_IMAGES := data/synth/images/036000.png data/synth/images/036001.png data/sy
 # The venv is rebuilt when either requirements file changes.
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
 	# pip byte-compiles one file at a time; compileall does it on every core (the install takes a quarter less). A
 	# few files of torch's own tests are not Python 3.11: compileall skips them, names them, and fails; we go on.
 	$(PY) -m pip install -q --no-compile -r requirements.txt -r requirements-dev.txt
