@@ -5,11 +5,11 @@ DEMO_IMAGES := data/synth/images/036000.png data/synth/images/036001.png data/sy
 
 .PHONY: test demo bench clean
 
-# The venv is rebuilt when either requirements file changes.
+# The venv is rebuilt when either requirements file changes. pip byte-compiles one file at a time, so we let
+# compileall do it on every core (the install takes a quarter less). A few files of torch's own tests are not Python
+# 3.11: compileall skips them, names them and fails, and we go on.
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv .venv
-	# pip byte-compiles one file at a time; compileall does it on every core (the install takes a quarter less). A
-	# few files of torch's own tests are not Python 3.11: compileall skips them, names them, and fails; we go on.
 	$(PY) -m pip install -q --no-compile -r requirements.txt -r requirements-dev.txt
 	$(PY) -m compileall -q -j 0 .venv/lib > /dev/null 2>&1 || true
 	touch $(STAMP)
