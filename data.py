@@ -410,6 +410,8 @@ class PadToSquare:
 
     def __call__(self, img):
         w, h = img.size
+        if w == h and img.mode == "RGB":  # already square: nothing to pad
+            return img
         out = Image.new("RGB", (max(w, h), max(w, h)))
         out.paste(img, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
         return out
