@@ -522,6 +522,19 @@ def test_transform_size_normalisation_and_aspect(tmp_path):
     assert gray.shape == (3, 32, 32)
 
 
+def test_pad_to_square_centres_on_black_and_leaves_a_square_image_as_it_is():
+    rng = np.random.default_rng(0)
+    tall = rng.integers(1, 256, (6, 3, 3), dtype=np.uint8)  # 3 wide, 6 tall, no black pixel of its own
+    padded = np.asarray(data.PadToSquare()(Image.fromarray(tall)))
+    expected = np.zeros((6, 6, 3), np.uint8)  # built by hand: one black column left, two right ((6 - 3) // 2 = 1)
+    expected[:, 1:4] = tall
+    assert np.array_equal(padded, expected)
+    square = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(data.PadToSquare()(Image.fromarray(square))), square)
+    grey = data.PadToSquare()(Image.fromarray(square[:, :, 0]))  # a square of another mode still becomes RGB
+    assert grey.mode == "RGB" and np.array_equal(np.asarray(grey)[:, :, 2], square[:, :, 0])
+
+
 def test_train_transform_is_random_and_sized():
     torch.manual_seed(0)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 32, 3), dtype=np.uint8))
