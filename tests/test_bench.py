@@ -56,8 +56,9 @@ def test_training_section_prints_every_figure(capsys):
     bench.run_training(bench.parse_args(["--train=True", "--batch=8", "--repeats=1"]))
     out = capsys.readouterr().out
     rate = r"\s+\d+\.\d\d images/s"
-    assert re.search(r"^CPU, \d+ threads; the demo: tiny CLIP \(ViT 4 x 128 at 64 px\), decoder 2 x 128, A = 22; batch 8",
-                     out, re.M)
+    c = bench.train.TINY_CLIP  # the header names the demo's model as configured
+    assert re.search(rf"^CPU, \d+ threads; the demo: tiny CLIP \(ViT {c.vision_layers} x {c.vision_width} at "
+                     rf"{c.image_resolution} px\), decoder 2 x {c.embed_dim}, A = 22; batch 8", out, re.M)
     for row in (r"input: PIL transforms, one process", r"input: preloaded uint8, on batches",
                 r"training step, SequencePAR" + rate + r"\s+fwd, bwd, clipping, AdamW: \d+\.\d\dx the BCE head's time",
                 r"training step, linear BCE head", r"image encoder fwd \+ bwd, all tokens" + rate + r"\s+\d+% of the"):
