@@ -1,5 +1,4 @@
 """Readers on fixture files in the real on-disk formats, their error messages, the transform, the synthetic set."""
-import csv
 import os
 import pickle
 import subprocess

@@ -50,7 +50,7 @@ def test_eval_only_writes_what_a_table_is_built_from(trained_run, synth_root, ti
     import data
     out, _, _ = trained_run
     shutil.copy(os.path.join(out, "ckpt.pt"), tmp_path / "ckpt.pt")
-    m = train.main([f"--dataset=synth", f"--root={synth_root}", f"--out_dir={tmp_path}", "--eval_only=True",
+    m = train.main(["--dataset=synth", f"--root={synth_root}", f"--out_dir={tmp_path}", "--eval_only=True",
                     "--split=val", "--workers=0", "--pictures=5"])
     log = capsys.readouterr().out
     d = data.load_dataset("synth", synth_root)
@@ -101,11 +101,11 @@ def test_eval_only_refusals(trained_run, tmp_path, tiny_clip_file, monkeypatch):
     Image.new("RGB", (8, 16)).save(root / "0.png")
     with pytest.raises(ValueError, match=r"ckpt\.pt was trained on 22 other attributes \(Female, .*\) than this "
                                          r"dataset's 2; evaluate it on the dataset it was trained on \(synth\)"):
-        train.main([f"--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt", f"--out_dir={tmp_path}",
+        train.main(["--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt", f"--out_dir={tmp_path}",
                     "--eval_only=True"])
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ValueError, match=r"--eval_only=True runs in one process: start it with python, not torchrun"):
-        train.main([f"--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt", "--eval_only=True"])
+        train.main(["--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt", "--eval_only=True"])
 
 
 def log_rows(path):

@@ -85,7 +85,7 @@ def test_files_that_would_run_code_run_nothing(trained_run, synth_root, tmp_path
     for name in ("archive.pt", "pickle.pt"):
         path = tmp_path / name
         with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:? ") as e:
-            train.main([f"--dataset=synth", f"--root={synth_root}", f"--clip={path}", f"--out_dir={tmp_path / 'a'}",
+            train.main(["--dataset=synth", f"--root={synth_root}", f"--clip={path}", f"--out_dir={tmp_path / 'a'}",
                         "--workers=0"])
         assert "\n" not in str(e.value)
         with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} is not a checkpoint we can read safely"):
@@ -94,7 +94,7 @@ def test_files_that_would_run_code_run_nothing(trained_run, synth_root, tmp_path
         out.mkdir()
         shutil.copy(path, out / "last.pt")
         with pytest.raises(ValueError, match=r"last\.pt is not a checkpoint we can read safely"):
-            train.main([f"--dataset=synth", f"--root={synth_root}", f"--out_dir={out}", "--resume=True", "--workers=0"])
+            train.main(["--dataset=synth", f"--root={synth_root}", f"--out_dir={out}", "--resume=True", "--workers=0"])
     assert not (tmp_path / "written").exists() and not (tmp_path / "ran").exists()
 
 
@@ -166,7 +166,7 @@ def test_bad_data_fails_before_training(tiny_clip_file, tmp_path, splits, missin
     root = csv_set(tmp_path / "set", splits, missing)
     out = tmp_path / "out"
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        train.main([f"--dataset=csv", f"--root={root}", f"--clip={tiny_clip_file}", f"--out_dir={out}", "--workers=0"])
+        train.main(["--dataset=csv", f"--root={root}", f"--clip={tiny_clip_file}", f"--out_dir={out}", "--workers=0"])
     assert os.listdir(out) == []
 
 

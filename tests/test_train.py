@@ -122,7 +122,7 @@ def test_resume_refuses_another_attribute_set(trained_run, tmp_path, tiny_clip_f
         Image.new("RGB", (8, 16)).save(root / f"{i}.png")
     with pytest.raises(ValueError, match=r"last.pt was trained on 22 other attributes \(Female, .*\) than this "
                                          r"dataset's 2; use another --out_dir"):
-        train.main([f"--dataset=csv", f"--root={root}", f"--clip={tiny_clip_file}", f"--out_dir={tmp_path}",
+        train.main(["--dataset=csv", f"--root={root}", f"--clip={tiny_clip_file}", f"--out_dir={tmp_path}",
                     "--resume=True", "--workers=0"])
 
 
@@ -175,7 +175,7 @@ def test_trains_on_a_dataset_pickle(synth_root, tiny_clip_file, tmp_path):
                      "partition": parts, "root": "/somewhere/else"}, f)
     os.symlink(os.path.join(synth_root, "images"), tmp_path / "pictures")
     out = tmp_path / "out"
-    m = train.main([f"--dataset=pkl", f"--root={tmp_path}", "--images=pictures", f"--clip={tiny_clip_file}",
+    m = train.main(["--dataset=pkl", f"--root={tmp_path}", "--images=pictures", f"--clip={tiny_clip_file}",
                     f"--out_dir={out}", "--epochs=1", "--warmup_epochs=0.2", "--batch_size=32", "--workers=0", "--lr=3e-3"])
     assert set(m) == {"mA", "Acc", "Prec", "Rec", "F1", "F1_hm"}
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
