@@ -10,15 +10,15 @@ DEMO_IMAGES := data/synth/images/036000.png data/synth/images/036001.png data/sy
 # Each part of the venv is rebuilt when its requirements file changes. pip byte-compiles one file at a time, so we
 # let compileall do it on every core (the install takes a quarter less). A few files of torch's own tests are not
 # Python 3.11: compileall skips them, names them and fails, and we go on.
+install = $(PY) -m pip install -q --no-compile -r $(1) && { $(PY) -m compileall -q -j 0 .venv/lib > /dev/null 2>&1 || true; }
+
 $(RUN_STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --no-compile -r requirements.txt
-	$(PY) -m compileall -q -j 0 .venv/lib > /dev/null 2>&1 || true
+	$(call install,requirements.txt)
 	touch $(RUN_STAMP)
 
 $(TEST_STAMP): $(RUN_STAMP) requirements-dev.txt
-	$(PY) -m pip install -q --no-compile -r requirements-dev.txt
-	$(PY) -m compileall -q -j 0 .venv/lib > /dev/null 2>&1 || true
+	$(call install,requirements-dev.txt)
 	touch $(TEST_STAMP)
 
 test: $(TEST_STAMP)
