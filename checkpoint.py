@@ -13,7 +13,7 @@ import warnings
 import torch
 
 import clip
-from decoder import DecoderConfig, SequencePAR
+from decoder import DecoderConfig, LinearHead, SequencePAR
 
 
 def resolve_device(name):
@@ -45,10 +45,10 @@ def writable_folder(out):
             os.remove(os.path.join(out, f))  # a file of ours, half written when a run was killed
 
 
-def save_atomic(path, write):
-    """Writes a file through write(f) to path + ".tmp", flushed to disk, then renamed over path: a crash leaves the
-    old file or the new one, never half of one, and a failed write (a full disk) leaves no temporary file."""
-    tmp = path + ".tmp"
+def save_atomic(path, write, tmp=None):
+    """Writes a file through write(f) to path + ".tmp" (or `tmp`), flushed to disk, then renamed over path: a crash
+    leaves the old file or the new one, never half of one, and a failed write (a full disk) leaves no temporary file."""
+    tmp = tmp or path + ".tmp"
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -83,16 +83,23 @@ def load_checkpoint(path):
         raise ValueError(f"{path} is not a checkpoint we can read safely ({clip.cause_of(e)})") from None
     keys = {"model", "config", "clip_config", "decoder_config", "attr_names", "prompts", "step"}
     if not isinstance(ckpt, dict) or keys - ckpt.keys():
-        raise ValueError(f"{path} is not a SequencePAR checkpoint of train.py (it lacks "
+        raise ValueError(f"{path} is not a checkpoint of train.py (it lacks "
                          f"{', '.join(sorted(keys - ckpt.keys())) if isinstance(ckpt, dict) else 'a dict'})")
     return ckpt
 
 
 def model_from_checkpoint(ckpt, path):
-    """The SequencePAR a checkpoint was trained as, rebuilt from its configs, prompts and weights alone."""
+    """The model a checkpoint was trained as (SequencePAR, or the linear head of --head=linear), rebuilt from its
+    configs, prompts and weights alone."""
+    head = ckpt.get("head", "sequencepar")  # (checkpoints from before the linear head have no "head")
+    if head not in ("sequencepar", "linear"):
+        raise ValueError(f"{path} holds a model with head {head!r}; this code knows sequencepar and linear")
     try:
-        model = SequencePAR(clip.CLIP(clip.CLIPConfig(**ckpt["clip_config"])), ckpt["prompts"],
-                            DecoderConfig(**ckpt["decoder_config"]))
+        if head == "linear":
+            model = LinearHead(clip.CLIP(clip.CLIPConfig(**ckpt["clip_config"]), text=False), len(ckpt["attr_names"]))
+        else:
+            model = SequencePAR(clip.CLIP(clip.CLIPConfig(**ckpt["clip_config"])), ckpt["prompts"],
+                                DecoderConfig(**ckpt["decoder_config"]))
         model.load_state_dict(ckpt["model"])
     except (TypeError, RuntimeError) as e:  # from another version of the model
         # load_state_dict's message: a header line, then one line per kind of mismatch; we keep the first of those

@@ -161,24 +161,30 @@ class VisionTransformer(nn.Module):
 
 
 class CLIP(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, text=True):
+        # text=False builds the image encoder alone (the linear multi-label baseline reads no prompts)
         super().__init__()
         c = self.config = config
         self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
                                         c.vision_heads, c.embed_dim, c.vision_stem, c.vision_stem_width)
-        self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads, causal=True)
-        self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
-        self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))
-        self.ln_final = nn.LayerNorm(c.transformer_width)
-        self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.text = text
+        if text:
+            self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads, causal=True)
+            self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
+            self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))
+            self.ln_final = nn.LayerNorm(c.transformer_width)
+            self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.initialize_parameters()
 
     def initialize_parameters(self):
         # CLIP's initialisation; it matters only when training from scratch (the tiny demo model)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.positional_embedding, std=0.01)
-        for tr, width in ((self.transformer, self.config.transformer_width), (self.visual.transformer, self.config.vision_width)):
+        towers = [(self.visual.transformer, self.config.vision_width)]
+        if self.text:
+            nn.init.normal_(self.token_embedding.weight, std=0.02)
+            nn.init.normal_(self.positional_embedding, std=0.01)
+            towers.insert(0, (self.transformer, self.config.transformer_width))
+        for tr, width in towers:
             proj_std = width ** -0.5 * (2 * len(tr.resblocks)) ** -0.5  # residual projections shrink with depth
             for block in tr.resblocks:
                 nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
@@ -186,7 +192,8 @@ class CLIP(nn.Module):
                 nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
                 nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
                 nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
-        nn.init.normal_(self.text_projection, std=self.config.transformer_width ** -0.5)
+        if self.text:
+            nn.init.normal_(self.text_projection, std=self.config.transformer_width ** -0.5)
 
     def encode_image(self, image, all_tokens=False):
         return self.visual(image, all_tokens)
@@ -208,8 +215,9 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.t()
 
 
-def build_model(state_dict):
-    """A CLIP (fp32, eval mode) from an official ViT state dict; every setting is read off the tensor shapes."""
+def build_model(state_dict, text=True):
+    """A CLIP (fp32, eval mode) from an official ViT state dict; every setting is read off the tensor shapes.
+    text=False builds and loads the image encoder alone."""
     sd = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     for k, v in sd.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
@@ -234,7 +242,9 @@ def build_model(state_dict):
         vision_width=vision_width, vision_heads=vision_width // 64, vision_patch_size=patch,
         context_length=shape("positional_embedding")[0], vocab_size=shape("token_embedding.weight")[0],
         transformer_width=width, transformer_heads=width // 64, transformer_layers=count("transformer.resblocks."))
-    model = CLIP(config)
+    model = CLIP(config, text)
+    if not text:  # every key is checked above; the text encoder's are not loaded
+        sd = {k: v for k, v in sd.items() if k.startswith("visual.")}
     expected = model.state_dict()
     unexpected = sorted(sd.keys() - expected.keys())
     if unexpected:
@@ -429,10 +439,11 @@ def _read_state_dict(path):
     return state_dict
 
 
-def load(name_or_path, device="cpu", download_root=None):
+def load(name_or_path, device="cpu", download_root=None, text=True):
     """Load a CLIP by official name (see available_models(); downloaded once into ~/.cache/clip or download_root
     and checked against its SHA256) or from a file: a TorchScript archive as OpenAI releases them, or a plain
-    state dict saved with torch.save. No code from the file runs. Returns the model in fp32 and eval mode."""
+    state dict saved with torch.save. No code from the file runs. Returns the model in fp32 and eval mode; with
+    text=False, its image encoder alone."""
     if name_or_path in _MODELS:
         path = _download(_MODELS[name_or_path], download_root or os.path.expanduser("~/.cache/clip"))
     elif os.path.isdir(name_or_path):
@@ -445,6 +456,6 @@ def load(name_or_path, device="cpu", download_root=None):
         raise ValueError(f"unknown CLIP model {name_or_path!r}; available models: {', '.join(available_models())}")
     state_dict = _read_state_dict(path)
     try:
-        return build_model(state_dict).to(device)
+        return build_model(state_dict, text).to(device)
     except ValueError as e:  # we name the file in the message
         raise ValueError(f"{path}: {e}") from None

@@ -4,7 +4,8 @@ SequencePAR: pedestrian attributes generated as a sequence (arXiv 2312.01640).
 CLIP turns the image into N tokens and each attribute's prompt into one vector; a GPT-style decoder reads
 `<bos>`, then the positive attributes so far, attends to the image tokens, and predicts the next attribute or
 `<eos>`. Training is teacher forcing; inference decodes greedily or with beam search: `generate_simple` is the
-definition of greedy decoding, `generate` the same with a KV cache, and beam search.
+definition of greedy decoding, `generate` the same with a KV cache, and beam search. At the end, `LinearHead`: the
+multi-label classifier SequencePAR replaces, with the same interface, the baseline of our experiments.
 
 Shapes: B batch, T attribute positions, N image tokens, D width (CLIP's embed dim), nh heads, hs head size,
 A attributes, V = A + 3 vocabulary (`<bos>`, `<eos>`, `<pad>`, then attribute i as id 3 + i).
@@ -289,3 +290,38 @@ class SequencePAR(nn.Module):
         seq, seq_logp = seq[::K], seq_logp[::K]  # (B, T)
         probs = torch.zeros(B, A + N_SPECIAL, device=images.device).scatter_(1, seq, seq_logp.exp())
         return targets_to_labels(seq, A), probs[:, N_SPECIAL:]
+
+
+class LinearHead(nn.Module):
+    """The baseline SequencePAR argues against: multi-label classification, as in Rethinking-of-PAR (arXiv
+    2005.11909). CLIP's image embedding (the class token after ln_post and proj) goes through one linear layer to A
+    logits; each is a sigmoid, trained with binary cross-entropy and predicted positive above 0.5. Every attribute is
+    decided on its own from one pooled vector. SequencePAR replaces this layer by the decoder: the attributes are
+    generated one after the other, each conditioned on those emitted before it, through cross-attention over every
+    image token, and their query tokens come from the text encoder (which this head does not need). The interface is
+    SequencePAR's: forward(images, targets) -> (logits, loss), generate(images) -> (pred, scores)."""
+
+    def __init__(self, clip_model, n_attr, pos_rates=None):
+        super().__init__()
+        self.clip, self.n_attr = clip_model, n_attr
+        self.fc = nn.Linear(clip_model.config.embed_dim, n_attr)
+        # Rethinking-of-PAR's weighting: a positive of attribute j weighs exp(1 - r_j), a negative exp(r_j), with r_j
+        # its training positive rate, so the rare side of each attribute counts more; without rates, all weigh 1
+        rates = torch.as_tensor(pos_rates, dtype=torch.float) if pos_rates is not None else None
+        self.register_buffer("pos_weight", torch.ones(n_attr) if rates is None else torch.exp(1 - rates))
+        self.register_buffer("neg_weight", torch.ones(n_attr) if rates is None else torch.exp(rates))
+
+    def forward(self, images, targets):
+        # targets (B, A + 2) as SequencePAR takes them; here they only say which attributes hold
+        labels = targets_to_labels(targets, self.n_attr).float()  # (B, A)
+        logits = self.fc(self.clip.encode_image(images))  # (B, A)
+        weight = torch.where(labels.bool(), self.pos_weight, self.neg_weight)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels, weight=weight, reduction="none")
+        return logits, loss.sum(1).mean()  # summed over attributes, averaged over images, as Rethinking-of-PAR does
+
+    @torch.no_grad()
+    def generate(self, images, beam_size=1):
+        """pred (B, A) in {0, 1}: sigmoid above 0.5; scores (B, A): every attribute's probability. There is no
+        sequence to search, so beam_size changes nothing."""
+        probs = self.fc(self.clip.encode_image(images)).float().sigmoid()
+        return (probs > 0.5).to(torch.uint8), probs

@@ -96,8 +96,9 @@ def report(names, gt, pred):
 
 
 def predictions_csv(paths, names, pred, scores, gt):
-    """One row per image: its path, then for every attribute the 0/1 prediction and the probability the model gave it
-    when it emitted it (0 if it did not), then the ground truth."""
+    """One row per image: its path, then for every attribute the 0/1 prediction and its probability (SequencePAR: the
+    probability it had when emitted, 0 if it was not; the linear head: every attribute's sigmoid), then the ground
+    truth."""
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(["image"] + [f"{k}:{n}" for n in names for k in ("pred", "prob")] + [f"gt:{n}" for n in names])
@@ -220,12 +221,14 @@ def evaluate_only(cfg):
           f"beam size {cfg.beam_size}")
     pred, scores, gt = predict(model, batches, device, ctx, cfg.beam_size)
     print(f"{cfg.split}: " + report(data.attr_names, gt, pred))
-    with torch.no_grad():
-        picture, sim = similarity_figure(data.attr_names, model.token_table()[N_SPECIAL:])
-    save_picture(picture, os.path.join(cfg.out_dir, "similarity.png"))
-    rows = [["attribute"] + data.attr_names] + [[n] + [f"{v:.6f}" for v in r] for n, r in zip(data.attr_names, sim)]
-    save_atomic(os.path.join(cfg.out_dir, "similarity.csv"),
-                lambda f: f.write("".join(",".join(r) + "\n" for r in rows).encode()))
+    tokens = hasattr(model, "token_table")  # SequencePAR's attribute tokens; the linear head has none
+    if tokens:
+        with torch.no_grad():
+            picture, sim = similarity_figure(data.attr_names, model.token_table()[N_SPECIAL:])
+        save_picture(picture, os.path.join(cfg.out_dir, "similarity.png"))
+        rows = [["attribute"] + data.attr_names] + [[n] + [f"{v:.6f}" for v in r] for n, r in zip(data.attr_names, sim)]
+        save_atomic(os.path.join(cfg.out_dir, "similarity.csv"),
+                    lambda f: f.write("".join(",".join(r) + "\n" for r in rows).encode()))
     worst, errors = worst_images(gt, pred, cfg.pictures)
     if worst:
         gallery = failures_figure([(read_image(data.image_paths[indices[i]]), i) for i in worst], data.attr_names, gt,
@@ -233,6 +236,6 @@ def evaluate_only(cfg):
         save_picture(gallery, os.path.join(cfg.out_dir, f"failures_{cfg.split}.png"))
     failures = [dict(image=data.image_paths[indices[i]], errors=e) for i, e in zip(worst, errors)]
     written = write_reports(cfg, data, cfg.split, path, ckpt["step"], pred, scores, gt, failures=failures)
-    print(f"wrote {written}, predictions_{cfg.split}.csv, similarity.png/.csv"
+    print(f"wrote {written}, predictions_{cfg.split}.csv" + (", similarity.png/.csv" if tokens else "")
           + (f", failures_{cfg.split}.png" if worst else "") + f" in {cfg.out_dir}")
     return metrics(gt, pred)

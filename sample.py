@@ -164,6 +164,8 @@ def main(argv):
     if opts["out"] and os.path.exists(opts["out"]) and not os.path.isdir(opts["out"]):
         raise ValueError(f"--out={opts['out']} is a file; expected a folder for the pictures")
     model, names = load_model(opts["ckpt"], device, opts["compile"])
+    if opts["attention"] and not hasattr(model, "transformer"):
+        raise ValueError(f"--attention=True: {opts['ckpt']} has the linear head; attention maps need the decoder")
     paths = find_images(inputs)
     size = model.clip.config.image_resolution
     loader = torch.utils.data.DataLoader(Images(paths, size), opts["batch_size"], num_workers=opts["workers"],
