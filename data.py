@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import pickle
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import torchvision.transforms as T
 from PIL import Image, ImageOps
 
 import synth
+from checkpoint import save_atomic
 from clip import MEAN, STD
 
 
@@ -502,25 +504,45 @@ def _square(job):
     return np.asarray(img).transpose(2, 0, 1).copy()  # (3, size, size) uint8
 
 
-def load_images(paths, size, cache):
+def cache_folder():
+    # ours, outside any dataset (which may be shared or read-only): $XDG_CACHE_HOME/sequencepar or ~/.cache/sequencepar
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache")), "sequencepar")
+
+
+def _quiet_worker():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to report, once
+
+
+def load_images(paths, size, folder=None):
     """All images as one uint8 tensor (N, 3, size, size), padded to square and resized exactly as build_transform
-    does: decoded once, in parallel, and kept in the file `cache` (rebuilt when any image's size or time changes)."""
-    stamp = hashlib.sha1("".join(f"{p}\t{os.stat(p).st_size}\t{os.stat(p).st_mtime_ns}\n" for p in paths).encode())
+    does: decoded once, in parallel, and kept in a cache file of ours (in cache_folder() unless `folder` is given),
+    named by the images' paths and the size, and rebuilt when any image's size or time changes. A cache that cannot be
+    written is not an error: the images then stay in memory only."""
+    real = [os.path.realpath(p) for p in paths]
+    key = hashlib.sha1(("\n".join(real) + f"\n{size}").encode()).hexdigest()[:16]
+    stamp = hashlib.sha1("".join(f"{os.stat(p).st_size}\t{os.stat(p).st_mtime_ns}\n" for p in real).encode()).hexdigest()
+    cache = os.path.join(folder or cache_folder(), f"images-{size}px-{key}.pt")
     if os.path.exists(cache):
         try:
             saved = torch.load(cache, weights_only=True)
-            if saved["stamp"] == stamp.hexdigest() and saved["images"].shape == (len(paths), 3, size, size):
+            if saved["stamp"] == stamp and saved["images"].shape == (len(paths), 3, size, size):
                 return saved["images"]
         except Exception:  # a cache we cannot read is simply rebuilt
             pass
-    print(f"decoding {len(paths)} images into {cache} ...", end=" ", flush=True)
+    print(f"decoding {len(paths)} images (once; kept in {cache}) ...", end=" ", flush=True)
     t0 = time.time()
-    with multiprocessing.Pool(os.cpu_count()) as pool:
-        images = torch.from_numpy(np.stack(pool.map(_square, [(p, size) for p in paths], chunksize=256)))
-    tmp = cache + ".tmp"  # written whole, then renamed: a killed run leaves no half cache
-    torch.save(dict(stamp=stamp.hexdigest(), images=images), tmp)
-    os.replace(tmp, cache)
+    try:
+        with multiprocessing.Pool(os.cpu_count(), initializer=_quiet_worker) as pool:
+            images = torch.from_numpy(np.stack(pool.map(_square, [(p, size) for p in paths], chunksize=256)))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("\ninterrupted while decoding the images; nothing was kept") from None
     print(f"done in {time.time() - t0:.0f} s")
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        # (a temporary name of this process's: two runs may decode the same set at once)
+        save_atomic(cache, lambda f: torch.save(dict(stamp=stamp, images=images), f), tmp=f"{cache}.{os.getpid()}.tmp")
+    except OSError as e:
+        print(f"note: the decoded images stay in memory only: {e}")
     return images
 
 

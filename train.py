@@ -3,6 +3,7 @@ Train SequencePAR on a pedestrian attribute dataset.
 
     python train.py --dataset=peta                  # the paper's recipe on PETA with CLIP ViT-L/14
     python train.py --dataset=synth                 # the synth preset: a tiny CLIP from scratch, minutes on a CPU
+    python train.py --dataset=peta --head=linear    # the multi-label baseline: the same CLIP, one linear layer
     torchrun --nproc_per_node=8 train.py --dataset=pa100k
     python train.py --help                          # every option and its default
 
@@ -32,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import clip
 from checkpoint import check_attributes, load_checkpoint, resolve_device, save_atomic, writable_folder
 from data import PARImages, augment, check_images, crop_pad, load_dataset, load_images, normalize
-from decoder import DecoderConfig, SequencePAR, labels_to_targets
+from decoder import DecoderConfig, LinearHead, SequencePAR, labels_to_targets
 from evaluate import evaluate_only, format_metrics, metrics, predict, report, write_reports
 
 
@@ -48,19 +49,19 @@ class TrainConfig:
     preload: bool = False         # decode every image once into one uint8 tensor in memory (for small sets: synth)
     # model
     clip: str = "ViT-L/14"        # an official name, a CLIP checkpoint file, or "tiny" (small, random, no download)
-    n_layer: int = 6
+    head: str = "sequencepar"     # or "linear": the multi-label baseline, CLIP's image embedding -> Linear -> sigmoid
+    n_layer: int = 6              # the decoder's (SequencePAR only)
     n_head: int = 8
     dropout: float = 0.1
-    weighted_loss: bool = False   # the paper's weighted NLL, w_j = exp(1 - positive rate of j)
+    weighted_loss: bool = False   # rare attributes weigh more: the paper's weighted NLL, or weighted BCE for linear
     # optim: the paper's recipe
-    epochs: int = 50
+    epochs: float = 50.0          # passes over the train split; the run is epochs x (train images // batch_size) steps
     batch_size: int = 32          # in total, over all processes
     lr: float = 1e-6
-    decoder_lr: float = 0.0       # 0: the same as lr; a fresh decoder may learn faster with more
+    decoder_lr: float = 0.0       # the decoder's (or linear layer's); 0: lr. lr stays CLIP's and the prompts' rate
     weight_decay: float = 1e-4
     warmup_epochs: float = 5.0
     grad_clip: float = 1.0        # 0: no clipping
-    time_budget: float = 0.0      # minutes; > 0 stops training then, with the schedule stretched to fit
     # eval/log
     out_dir: str = "out"
     eval_interval: int = 0        # steps between evaluations; 0 means once per epoch
@@ -80,30 +81,27 @@ class TrainConfig:
 
 
 # A preset replaces the paper's defaults with others; options given on the command line still win. The synthetic set
-# trains a small CLIP from scratch in a 4-minute time budget on two CPU cores (so that make demo, install and drawing
-# included, ends within 6 minutes with half a minute to spare): a large learning rate, images decoded once into
-# memory, one evaluation on val, at the end (each costs about 3 s of the budget). With a time budget the schedule is
-# stretched over the time: warm-up is the first 6/10 of it, which we measured worth 4 to 7 mA over a short warm-up.
-PRESETS = {"synth": dict(clip="tiny", n_layer=2, n_head=4, dropout=0.0, weighted_loss=True, epochs=10, batch_size=64,
-                         lr=1.5e-3, weight_decay=0.05, warmup_epochs=6.0, time_budget=4.0, preload=True, workers=0,
-                         eval_interval=5000)}
+# trains a small CLIP from scratch on a CPU: 6 epochs of its 32,000 training images are 3,000 steps of 64, the same on
+# every machine, so the result is too. A model this far from converged wants a large learning rate and a long warm-up
+# (the first 6/10 of the run); the images are decoded once into memory, and there is one evaluation on val, at the end.
+PRESETS = {"synth": dict(clip="tiny", n_layer=2, n_head=4, dropout=0.0, weighted_loss=True, epochs=6.0, batch_size=64,
+                         lr=1.5e-3, weight_decay=0.05, warmup_epochs=3.6, preload=True, workers=0, eval_interval=5000)}
 # The demo's CLIP: 64 px images cut into 4 x 4 patches of 16 px by a stem of three convolutions (16, 32, 64 channels),
-# a 2-layer ViT and a 1-layer text encoder of width 128. Four minutes leave a model far from converged, where more
-# images beat more layers: at equal training time test mA was 88.9 with a 4-layer ViT, 90.2 with 3 and 91.6 with 2
-# (the mean of two seeds each), and a second text layer made each step 7% slower and the demo no better.
+# a 2-layer ViT and a 1-layer text encoder of width 128: small enough that the demo sees many images in its minutes.
 TINY_CLIP = clip.CLIPConfig(embed_dim=128, image_resolution=64, vision_layers=2, vision_width=128, vision_heads=2,
                             vision_patch_size=16, vision_stem=3, vision_stem_width=64, transformer_width=128,
                             transformer_heads=2, transformer_layers=1)
 
 
-def parse_config(argv):
-    """TrainConfig from --key=value arguments, each value a Python literal of the field's type (bare strings too)."""
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+def parse_overrides(argv, config_class, script="train.py"):
+    """{field: value} from --key=value arguments for a config dataclass, each value a Python literal of the field's
+    type (bare strings too)."""
+    types = {f.name: f.type for f in dataclasses.fields(config_class)}
     overrides = {}
     for arg in argv:
         key, eq, text = arg[2:].partition("=")
         if not arg.startswith("--") or not eq:
-            raise ValueError(f"bad argument {arg!r}: expected --key=value (python train.py --help lists the options)")
+            raise ValueError(f"bad argument {arg!r}: expected --key=value (python {script} --help lists the options)")
         if key not in types:
             raise ValueError(f"unknown option --{key}; valid options: {', '.join(types)}")
         try:
@@ -115,6 +113,12 @@ def parse_config(argv):
         if type(value) is not types[key]:
             raise ValueError(f"--{key}={text}: expected a {types[key].__name__}")
         overrides[key] = value
+    return overrides
+
+
+def parse_config(argv):
+    """TrainConfig from --key=value arguments: the preset's values, then the ones given."""
+    overrides = parse_overrides(argv, TrainConfig)
     preset = overrides.get("preset", "synth" if overrides.get("dataset") == "synth" else "")
     if preset not in ("", *PRESETS):
         raise ValueError(f"--preset={preset}: expected one of {', '.join(PRESETS)} (or nothing for the paper's recipe)")
@@ -137,12 +141,12 @@ def check_config(cfg):
              ("lr", cfg.lr > 0, "a positive number"), ("decoder_lr", cfg.decoder_lr >= 0, "0 or more"),
              ("weight_decay", cfg.weight_decay >= 0, "0 or more"), ("grad_clip", cfg.grad_clip >= 0, "0 or more"),
              ("warmup_epochs", 0 <= cfg.warmup_epochs <= cfg.epochs, f"between 0 and --epochs={cfg.epochs}"),
-             ("time_budget", cfg.time_budget >= 0, "0 (none) or more minutes"),
              ("eval_interval", cfg.eval_interval >= 0, "0 (once per epoch) or more steps"),
              ("log_interval", cfg.log_interval > 0, "a positive number of steps"),
              ("beam_size", cfg.beam_size >= 1, "1 (greedy) or more"), ("workers", cfg.workers >= 0, "0 or more"),
              ("partition", cfg.partition >= 0, "0 or more"),
              ("split", cfg.split in ("train", "val", "test"), "train, val or test"), ("pictures", cfg.pictures >= 0, "0 or more"),
+             ("head", cfg.head in ("sequencepar", "linear"), "sequencepar or linear"),
              ("n_layer", cfg.n_layer >= 1, "1 or more"), ("n_head", cfg.n_head >= 1, "1 or more"),
              ("dropout", 0 <= cfg.dropout < 1, "a probability below 1")]
     for name, ok, expected in rules:
@@ -180,14 +184,18 @@ def prepare_out_dir(cfg):
         print(f"--overwrite=True: this run replaces the one in {out} ({', '.join(held)})")
 
 
-def check_resume(ckpt, path, model, attr_names):
+def check_resume(ckpt, path, model, attr_names, head):
     check_attributes(ckpt, path, attr_names, "use another --out_dir")
-    now = {**dataclasses.asdict(model.clip.config), **dataclasses.asdict(model.config)}
-    then = {**ckpt["clip_config"], **ckpt["decoder_config"]}
+    now = {**dataclasses.asdict(model.clip.config), **head_config(model), "head": head}
+    then = {**ckpt["clip_config"], **ckpt["decoder_config"], "head": ckpt.get("head", "sequencepar")}
     changed = [f"{k} {then.get(k)} (now {v})" for k, v in now.items() if then.get(k) != v and k != "dropout"]
     if changed:
         raise ValueError(f"{path} holds another model: {', '.join(changed)}; resume with the options it was trained "
                          f"with, or use another --out_dir")
+
+
+def head_config(model):
+    return dataclasses.asdict(model.config) if isinstance(model, SequencePAR) else {}  # the linear layer has none
 
 
 def read_data(cfg, log=print):
@@ -198,12 +206,15 @@ def read_data(cfg, log=print):
 
 
 def build_model(cfg, data):
-    clip_model = clip.CLIP(TINY_CLIP) if cfg.clip == "tiny" else clip.load(cfg.clip)
+    text = cfg.head == "sequencepar"  # the linear head reads no prompts: no text encoder is built for it
+    clip_model = clip.CLIP(TINY_CLIP, text) if cfg.clip == "tiny" else clip.load(cfg.clip, text=text)
+    rates = data.labels[data.splits["train"]].mean(0) if cfg.weighted_loss else None
+    if cfg.head == "linear":
+        return LinearHead(clip_model, len(data.attr_names), pos_rates=rates)
     check_heads(cfg.n_head, clip_model.config.embed_dim)
     # CLIP's contrastive temperature is the one weight SequencePAR never uses. We freeze it: DDP expects a gradient
     # for every trainable parameter, and AdamW's weight decay would otherwise shrink it for nothing.
     clip_model.logit_scale.requires_grad_(False)
-    rates = data.labels[data.splits["train"]].mean(0) if cfg.weighted_loss else None
     return SequencePAR(clip_model, data.prompts, DecoderConfig(cfg.n_layer, cfg.n_head, cfg.dropout), pos_rates=rates)
 
 
@@ -211,15 +222,16 @@ def configure_optimizer(model, cfg):
     """AdamW with weight decay on matrices only. Returns the optimizer and each parameter group's base learning rate:
     we keep those out of the optimizer's state, so a resumed run follows the --lr it is given now."""
     groups, base_lrs = [], []
-    clip_part = [*model.clip.parameters(), model.prompt_embedding]  # (the prompts' rows of CLIP's token table)
-    decoder_part = [*model.transformer.parameters(), *model.lm_head.parameters()]
-    for part, lr in ((clip_part, cfg.lr), (decoder_part, cfg.decoder_lr or cfg.lr)):
-        params = [p for p in part if p.requires_grad]
+    # CLIP's part: its weights and the prompts' rows of its token table; the head's: the decoder, or the linear layer
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    clip_part = [p for n, p in named if n.startswith("clip.") or n == "prompt_embedding"]
+    head_part = [p for n, p in named if not (n.startswith("clip.") or n == "prompt_embedding")]
+    for params, lr in ((clip_part, cfg.lr), (head_part, cfg.decoder_lr or cfg.lr)):
         for chosen, decay in (([p for p in params if p.dim() >= 2], cfg.weight_decay), ([p for p in params if p.dim() < 2], 0.0)):
             if chosen:
                 groups.append(dict(params=chosen, weight_decay=decay))
                 base_lrs.append(lr)
-    # fused: one kernel over all tensors, on the CPU too (10x faster there than the default for the tiny model)
+    # fused: one kernel over all tensors, on the CPU too, where the default loops over them in Python
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=True), base_lrs
 
 
@@ -236,8 +248,7 @@ def make_batches(cfg, data, size, sampler, cuda):
     batches (the same pad, crop and flip), which spares a small model the per-image Python of the PIL pipeline."""
     eval_size = 2 * sampler.batch_size
     if cfg.preload:
-        cache = os.path.join(cfg.root or os.path.join("data", cfg.dataset), f".images-{size}px.pt")
-        pixels, labels = load_images(data.image_paths, size, cache), torch.from_numpy(data.labels)
+        pixels, labels = load_images(data.image_paths, size), torch.from_numpy(data.labels)
         train = torch.from_numpy(data.splits["train"])
 
         def train_batches():
@@ -380,7 +391,7 @@ def main(argv):
     best_path, last_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "last.pt")
     if cfg.resume:
         ckpt = load_checkpoint(last_path)
-        check_resume(ckpt, last_path, raw_model, data.attr_names)
+        check_resume(ckpt, last_path, raw_model, data.attr_names, cfg.head)
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, best, elapsed = ckpt["step"], ckpt["best_mA"], ckpt["elapsed"]
@@ -403,36 +414,35 @@ def main(argv):
         return dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, best_mA=best,
                     elapsed=elapsed, metrics=metrics_now, config=dataclasses.asdict(cfg),
                     clip_config=dataclasses.asdict(raw_model.clip.config),
-                    decoder_config=dataclasses.asdict(raw_model.config), attr_names=list(data.attr_names),
+                    decoder_config=head_config(raw_model), head=cfg.head, attr_names=list(data.attr_names),
                     prompts=list(data.prompts), dataset=cfg.dataset)
 
     def save(state, path):
         save_atomic(path, lambda f: torch.save(state, f))
 
     iters_per_epoch = sampler.per_epoch
-    max_iters = cfg.epochs * iters_per_epoch
+    max_iters = max(1, round(cfg.epochs * iters_per_epoch))
     eval_interval = cfg.eval_interval or iters_per_epoch
-    budget = 60 * cfg.time_budget
+    log(f"training {max_iters} steps: {cfg.epochs:g} epochs of {iters_per_epoch} batches of {cfg.batch_size} images"
+        + (f", from step {step}" if step else ""))
     start_step, t_log, t_start, t_session, t_eval = step, time.time(), time.time() - elapsed, time.time(), 0.0
     with Interrupt(last_path) as interrupt:
         while True:
             elapsed = time.time() - t_start
             stop = interrupt.requested
-            if ddp:  # every process must stop at the same step: the master's clock and Ctrl-C decide
-                t = torch.tensor([elapsed, float(stop)], device=device)
+            if ddp:  # every process must stop at the same step: the master's Ctrl-C decides
+                t = torch.tensor([float(stop)], device=device)
                 dist.broadcast(t, 0)
-                elapsed, stop = t[0].item(), bool(t[1].item())
+                stop = bool(t[0].item())
             if stop:
                 if master:
                     save(checkpoint(None), last_path)
                 raise KeyboardInterrupt(f"interrupted at step {step}: saved {last_path}; continue with --resume=True")
-            # the fraction of the run done after this step; the schedule reaches its end with the last step, or when the
-            # time budget runs out
-            progress = max((step + 1) / max_iters, elapsed / budget if budget else 0.0)
-            lr_mult = lr_factor(min(1.0, progress), cfg.warmup_epochs / cfg.epochs)
+            # the fraction of the run done after this step: the schedule reaches its end with the last step
+            lr_mult = lr_factor(min(1.0, (step + 1) / max_iters), cfg.warmup_epochs / cfg.epochs)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * lr_mult
-            finished = step >= max_iters or (budget and elapsed >= budget)
+            finished = step >= max_iters
 
             if step > start_step and (step % eval_interval == 0 or finished):
                 if master:
@@ -461,7 +471,7 @@ def main(argv):
                 _, loss = model(images, labels_to_targets(labels))
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
-            if not torch.isfinite(norm):  # the norm is all-reduced under DDP, so every process stops here together
+            if not torch.isfinite(norm):  # DDP all-reduced the gradients: every process has this norm and stops here
                 kept = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else "no checkpoint was saved yet"
                 raise FloatingPointError(f"loss became {loss.item()} (gradient norm {norm.item()}) at step {step}; "
                                          f"stopped, {kept}")
@@ -473,8 +483,6 @@ def main(argv):
                 dt, t_log = time.time() - t_log, time.time()
                 rate = cfg.log_interval * cfg.batch_size / dt
                 eta = (max_iters - step) * dt / cfg.log_interval
-                if budget:
-                    eta = min(eta, budget - elapsed)
                 clip_lr, decoder_lr = optimizer.param_groups[0]["lr"], optimizer.param_groups[-1]["lr"]
                 lrs = f"{clip_lr:.2e}" + (f"/{decoder_lr:.2e}" if decoder_lr != clip_lr else "")  # CLIP's/the decoder's
                 log(f"step {step}/{max_iters} | epoch {step / iters_per_epoch:.2f} | loss {loss.item():.4f} | lr {lrs} "
@@ -498,7 +506,7 @@ def main(argv):
         written = write_reports(cfg, data, "test", best_path, ckpt["step"], pred, scores, gt)
         log(f"wrote {written} and predictions_test.csv")
         t_train = time.time() - t_session - t_eval - t_test
-        log(f"time: {t_train:.0f} s training, {t_eval:.0f} s evaluating on {eval_split}, {t_test:.0f} s on test")
+        log(f"time: {t_train:.1f} s training, {t_eval:.1f} s evaluating on {eval_split}, {t_test:.1f} s on test")
     if ddp:
         dist.destroy_process_group()
     return m

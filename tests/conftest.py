@@ -17,6 +17,18 @@ TINY = clip.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, visio
                        vision_patch_size=8, transformer_width=64, transformer_heads=1, transformer_layers=2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory):
+    # the preload cache goes to $XDG_CACHE_HOME/sequencepar: a folder of the test session's, not the user's
+    folder, before = str(tmp_path_factory.mktemp("cache")), os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = folder
+    yield folder
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("synth") / "synth")
@@ -36,7 +48,7 @@ def tiny_clip_file(tmp_path_factory):
 def tiny_args(synth_root, clip_file, out_dir, *extra):
     # --preset= : the tests run the paper's recipe (an evaluation each epoch, images read by the loader), only smaller
     return ["--dataset=synth", "--preset=", f"--root={synth_root}", f"--clip={clip_file}", f"--out_dir={out_dir}", "--epochs=2",
-            "--batch_size=32", "--time_budget=0.0", "--warmup_epochs=0.2", "--log_interval=1", "--workers=0",
+            "--batch_size=32", "--warmup_epochs=0.2", "--log_interval=1", "--workers=0",
             "--lr=3e-3", *extra]
 
 

@@ -45,7 +45,7 @@ def test_config_overrides():
     assert cfg.lr == 1.0 and type(cfg.lr) is float and cfg.resume is True and cfg.clip == "ViT-B/16"
     assert cfg.epochs == 50 and cfg.batch_size == 32 and cfg.weight_decay == 1e-4  # the paper's recipe
     synth = train.parse_config(["--dataset=synth", "--lr=0.01"])
-    assert synth.clip == "tiny" and synth.time_budget > 0 and synth.lr == 0.01  # synth defaults, then overrides
+    assert synth.clip == "tiny" and synth.epochs == 6 and synth.lr == 0.01  # synth defaults, then overrides
     plain = train.parse_config(["--dataset=synth", "--preset="])
     assert plain.preset == "" and plain.clip == "ViT-L/14" and plain.eval_interval == 0  # the paper's recipe on synth
 
@@ -71,7 +71,7 @@ def test_optimizer_holds_every_trainable_weight_once():
 @pytest.mark.parametrize("argv, message", [
     (["--nope=1"], r"unknown option --nope; valid options: dataset, root, .*, seed"),
     (["--lr=fast"], r"--lr=fast: expected a float"),
-    (["--epochs=2.5"], r"--epochs=2.5: expected a int"),
+    (["--batch_size=2.5"], r"--batch_size=2.5: expected a int"),
     (["--resume=yes"], r"--resume=yes: expected a bool"),
     (["lr=1"], r"bad argument 'lr=1': expected --key=value"),
 ])
@@ -183,11 +183,13 @@ def test_trains_on_a_dataset_pickle(synth_root, tiny_clip_file, tmp_path):
     assert os.path.exists(out / "metrics_test.json") and os.path.exists(out / "predictions_test.csv")
 
 
-def test_preloaded_images_train_too(synth_root, tiny_clip_file, tmp_path, capsys):
+def test_preloaded_images_train_too(synth_root, tiny_clip_file, tmp_path, capsys, cache_home):
     out = tmp_path / "out"
+    before = sorted(os.listdir(synth_root))
     train.main(tiny_args(synth_root, tiny_clip_file, out, "--preload=True"))
     log = capsys.readouterr().out
-    assert os.path.exists(os.path.join(synth_root, ".images-32px.pt")) and "decoding 320 images" in log
+    assert "decoding 320 images" in log and sorted(os.listdir(synth_root)) == before  # nothing written in the dataset
+    assert [f for f in os.listdir(os.path.join(cache_home, "sequencepar")) if f.startswith("images-32px-")]
     values = losses(log)
     assert len(values) == 16 and np.mean(values[-4:]) < 0.9 * np.mean(values[:4])
     assert log.count("eval step") == 2 and torch.load(out / "last.pt", weights_only=True)["step"] == 16
