@@ -1,7 +1,7 @@
 """
 Does generation pay? Controlled comparisons of SequencePAR and the linear multi-label head on the synthetic set.
 
-    python experiments.py                        # every experiment, two seeds each: about an hour on two cores
+    python experiments.py                        # every experiment, two seeds each: 1.5 hours on two cores
     python experiments.py --only=heads,noise     # some of them
     python experiments.py --quick=True           # a tiny version of each, in seconds (make test runs it)
 
@@ -23,6 +23,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -43,7 +44,7 @@ class ExperimentsConfig:
     out_dir: str = "out/experiments"  # results.csv/.md/.png, runs/ (each run's folder) and data/ (the corrupted sets)
     root: str = "data/synth"      # the synthetic set (drawn there on first use)
     only: str = ""                # experiments to run, comma-separated ("": all of heads,noise,imbalance,depth,beam,order)
-    steps: int = 1000             # training steps of every run (the demo trains 3,000)
+    steps: int = 1500             # training steps of every run (the demo trains 3,000)
     seeds: int = 2                # a third seed is added where two disagree by more than the effect they measure
     jobs: int = 2                 # runs side by side, one thread each
     quick: bool = False           # a tiny version: a small set, a few steps, one seed (out_dir out/experiments-quick)
@@ -137,19 +138,17 @@ def plan(cfg, base, seeds, datasets, equal_time_steps):
         return group
 
     base_root = cfg.root
-    for head, name in HEADS:
-        other = "linear" if head == "sequencepar" else "sequencepar"
-        if "heads" in chosen:
-            add("heads", "weighted", head, base_root, compare=f"heads/weighted/{other}")
-            add("heads", "unweighted", head, base_root, ["--weighted_loss=False"], compare=f"heads/unweighted/{other}")
-        if "noise" in chosen:
-            for p in symmetric:
-                add("noise", f"symmetric {p}", head, datasets[f"symmetric-{p}"], compare=f"noise/symmetric {p}/{other}")
-            for f in missing:
-                add("noise", f"missing {f}", head, datasets[f"missing-{f}"], compare=f"noise/missing {f}/{other}")
-        if "imbalance" in chosen:
-            for r in rare_rates:
-                add("imbalance", f"rare {r}", head, datasets[f"rare-{r}"], compare=f"imbalance/rare {r}/{other}")
+    both = []  # (experiment, condition, dataset folder, options), each run with both heads
+    if "heads" in chosen:
+        both += [("heads", "weighted", base_root, ()), ("heads", "unweighted", base_root, ("--weighted_loss=False",))]
+    if "noise" in chosen:
+        both += [("noise", f"symmetric {p}", datasets[f"symmetric-{p}"], ()) for p in symmetric]
+        both += [("noise", f"missing {f}", datasets[f"missing-{f}"], ()) for f in missing]
+    if "imbalance" in chosen:
+        both += [("imbalance", f"rare {r}", datasets[f"rare-{r}"], ()) for r in rare_rates]
+    for experiment, condition, root, options in both:
+        for head, other in (("sequencepar", "linear"), ("linear", "sequencepar")):
+            add(experiment, condition, head, root, options, compare=f"{experiment}/{condition}/{other}")
     if "heads" in chosen and equal_time_steps:
         for weighting, options in (("weighted", ()), ("unweighted", ("--weighted_loss=False",))):
             add("heads", f"{weighting}, equal time", "linear", base_root, options, steps=equal_time_steps[weighting],
@@ -257,16 +256,31 @@ def append_result(path, row):
 def execute(cfg, runs, results_path, base, log=print):
     """Runs what results.csv does not hold yet, cfg.jobs at a time. Returns the keys that failed."""
     done = read_results(results_path)
-    todo = [r for r in runs if r.key not in done]
+    todo = [r for r in runs if r.key not in done or done[r.key]["steps"] != str(r.steps)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    live, failed, t0, finished = [], [], time.time(), 0
+    live = []
+    try:
+        failed = _execute(cfg, todo, live, results_path, base, env, log)
+    finally:  # stopped (Ctrl-C, SIGTERM): every live run saves its last.pt at its next step, and resumes next time
+        for _, _, p, _ in live:
+            p.send_signal(signal.SIGINT)
+        for _, _, p, logf in live:
+            p.wait()
+            logf.close()
+    return failed
+
+
+def _execute(cfg, todo, live, results_path, base, env, log):
+    failed, t0, finished = [], time.time(), 0
     while todo or live:
         while todo and len(live) < cfg.jobs:
             run = todo.pop(0)
             args, out = command(cfg, run, cfg.root)
             os.makedirs(out, exist_ok=True)
             logf = open(os.path.join(out, "run.log"), "a")
-            live.append((run, out, subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT), logf))
+            # a session of its own: a Ctrl-C at the terminal reaches the runs once, through us
+            live.append((run, out, subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                                    start_new_session=True), logf))
             log(f"[{time.strftime('%H:%M:%S')}] start {run.key} ({run.steps} steps)")
         time.sleep(0.5)
         for item in [x for x in live if x[2].poll() is not None]:
@@ -427,6 +441,8 @@ def main(argv):
         print(__doc__.strip())
         return 0
     overrides = parse_overrides(argv, ExperimentsConfig, "experiments.py")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill is a Ctrl-C: the runs save, then we stop
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (also when started in the background, where it is ignored)
     cfg = ExperimentsConfig(**overrides)
     if cfg.quick:
         cfg.out_dir = overrides.get("out_dir", os.path.join("out", "experiments-quick"))
