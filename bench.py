@@ -28,6 +28,7 @@ process, and crop and flip on batches of preloaded uint8 images), one SequencePA
 a linear multi-label head and BCE (what SequencePAR's decoder costs in training), and the image encoder's forward and
 backward alone.
 """
+import dataclasses
 import os
 import tempfile
 import sys
@@ -234,7 +235,7 @@ def run_training(opts):
         print(f"{'input: PIL transforms, one process':40s} {B / t_pil:9.2f} images/s   read, pad, resize, crop, flip, "
               f"normalize, per image")
         t0 = time.perf_counter()
-        pixels = load_images(data.image_paths, size, os.path.join(tmp, "cache.pt"))[torch.from_numpy(train_idx[:B])]
+        pixels = load_images(data.image_paths, size, tmp)[torch.from_numpy(train_idx[:B])]
         t_decode = time.perf_counter() - t0
         t_pre, _ = timed(lambda: augment(pixels, crop_pad(size)), reps, False)
         print(f"{'input: preloaded uint8, on batches':40s} {B / t_pre:9.2f} images/s   after decoding once "
@@ -245,24 +246,23 @@ def run_training(opts):
     labels = torch.from_numpy(data.labels[train_idx[:B]]).to(device)
     targets = labels_to_targets(labels)
     x = augment(pixels, crop_pad(size)).to(device)
-    # the baseline: the same (fresh) image encoder, its pooled and projected token through one linear layer, BCE per
-    # attribute; no text tower
+    # the baseline (--head=linear): the same (fresh) image encoder, its pooled and projected token through one linear
+    # layer, BCE per attribute; no text tower
     torch.manual_seed(0)
-    baseline = torch.nn.ModuleDict(dict(visual=clip.CLIP(train.TINY_CLIP).visual, head=torch.nn.Linear(
-        train.TINY_CLIP.embed_dim, len(data.attr_names)))).to(device).train()
+    baseline = train.build_model(dataclasses.replace(cfg, head="linear"), data).to(device).train()
 
-    def bce_loss(x, y):
-        return F.binary_cross_entropy_with_logits(baseline.head(baseline.visual(x)), y.float())
+    def bce_loss(x, targets):
+        return baseline(x, targets)[1]
 
     def sequence_loss(x, targets):
         return model(x, targets)[1]
 
     def encoder_only(x, _):
-        return baseline.visual(x, all_tokens=True).square().mean()
+        return baseline.clip.visual(x, all_tokens=True).square().mean()
 
     times = {}
     for name, module, loss_fn, y in (("SequencePAR", model, sequence_loss, targets), ("BCE head", baseline, bce_loss,
-                                     labels), ("encoder", baseline, encoder_only, None)):
+                                     targets), ("encoder", baseline, encoder_only, None)):
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         step_fn = torch.compile(loss_fn) if opts["compile"] else loss_fn
