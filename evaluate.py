@@ -215,15 +215,16 @@ def save_picture(img, path):
 
 def evaluate_only(cfg, given=()):
     """--eval_only=True: a checkpoint scored on one split, its reports and the two analysis figures; nothing trained.
-    The dataset options not `given` on the command line are those the checkpoint was trained with."""
+    Without --dataset among the options `given` on the command line, the dataset is the one it was trained on."""
     if int(os.environ.get("RANK", -1)) != -1:
         raise ValueError("--eval_only=True runs in one process: start it with python, not torchrun")
     device = resolve_device(cfg.device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = load_checkpoint(path)
-    cfg = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ("dataset", "root", "pkl", "images", "partition")
-                                      if k not in given and k in ckpt["config"]})
+    if "dataset" not in given:  # the dataset it was trained on, where it was read from
+        cfg = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ("dataset", "root", "pkl", "images",
+                                                                        "partition") if k not in given})
     hold_folder(cfg.out_dir)
     data = load_dataset(cfg.dataset, cfg.root or None, pkl=cfg.pkl, images=cfg.images, partition=cfg.partition)
     check_attributes(ckpt, path, data.attr_names, f"evaluate it on the dataset it was trained on ({ckpt['dataset']})")

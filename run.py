@@ -25,19 +25,18 @@ def hold_folder(out):
     out/.lock, which also names our pid for anyone refused. Another live process holding it is a one-line error.
     Then, as the one owner, we remove the temporary files a killed run of ours left behind, and no other files."""
     writable_folder(out)
-    if os.path.realpath(out) in _held:  # (a second main() in the same process)
-        return
-    fd = os.open(os.path.join(out, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise ValueError(f"{out} is in use by a live run (pid {pid}); wait for it to end, or choose another "
-                         f"--out_dir") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _held[os.path.realpath(out)] = fd
+    if os.path.realpath(out) not in _held:  # (else a main() before this one in the same process holds it)
+        fd = os.open(os.path.join(out, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(f"{out} is in use by a live run (pid {pid}); wait for it to end, or choose another "
+                             f"--out_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held[os.path.realpath(out)] = fd
     for f in os.listdir(out):
         if TMP_NAME.fullmatch(f):
             os.remove(os.path.join(out, f))  # a file of ours, half written when a run was killed

@@ -320,7 +320,7 @@ def main(argv):
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, best, elapsed = ckpt["step"], ckpt["best_mA"], ckpt["elapsed"]
-        evaluated = step if ckpt["metrics"] is not None else -1  # a state saved by a stop signal was not
+        evaluated = step if ckpt.get("metrics") is not None else -1  # a state saved by a stop signal was not
         tested = os.path.join(cfg.out_dir, "metrics_test.json")
         if step >= cfg.epochs * (len(data.splits["train"]) // cfg.batch_size) and os.path.exists(tested):
             log(f"{last_path} is a finished run (step {step}, tested: {tested}); nothing to resume: more --epochs "
