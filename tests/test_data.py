@@ -419,7 +419,7 @@ def test_label_warnings(tmp_path):
     d = data.load_dataset("csv", str(tmp_path))
     folder = str(tmp_path)
     assert data.label_warnings(d, "val") == [
-        f"images listed more than once: 1 (1 with different labels), such as {folder}/a.png",
+        f"images listed more than once: 2 (2 with different labels), such as {folder}/a.png",  # b.png in two splits
         f"images in both train and val: 1, such as {folder}/b.png",
         "attributes without a positive image in train: bag", "attributes without a negative image in val: hat, bag"]
     assert f"warning: images in both train and val: 1, such as {folder}/b.png" in data.summary("csv", d)
