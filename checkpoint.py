@@ -27,7 +27,9 @@ def resolve_device(name):
     return name
 
 
-TMP_NAME = re.compile(r"(ckpt\.pt|last\.pt|log\.csv|(metrics|predictions|failures)_\w+\.(json|csv|png)|similarity\.(png|csv))\.tmp")
+# the files a run writes into its out_dir, and their temporary names while save_atomic writes them
+RUN_FILE = re.compile(r"ckpt\.pt|last\.pt|log\.csv|(metrics|predictions|failures)_\w+\.(json|csv|png)|similarity\.(png|csv)")
+TMP_NAME = re.compile(rf"({RUN_FILE.pattern})\.tmp")
 
 
 def writable_folder(out):
@@ -40,9 +42,6 @@ def writable_folder(out):
         os.remove(probe)
     except OSError as e:
         raise ValueError(f"--out_dir={out} is not writable ({e.strerror})") from None
-    for f in os.listdir(out):
-        if TMP_NAME.fullmatch(f):
-            os.remove(os.path.join(out, f))  # a file of ours, half written when a run was killed
 
 
 def save_atomic(path, write, tmp=None):
@@ -109,6 +108,11 @@ def model_from_checkpoint(ckpt, path):
 
 
 def check_attributes(ckpt, path, attr_names, advice):
+    if sorted(ckpt["attr_names"]) == sorted(attr_names) and ckpt["attr_names"] != list(attr_names):
+        k = next(k for k, (a, b) in enumerate(zip(ckpt["attr_names"], attr_names)) if a != b)
+        raise ValueError(f"{path} was trained on the same {len(attr_names)} attributes in another order (position "
+                         f"{k} is {attr_names[k]}, was {ckpt['attr_names'][k]}): the order is the target sequence's; "
+                         f"{advice}")
     if ckpt["attr_names"] != list(attr_names):
         raise ValueError(f"{path} was trained on {len(ckpt['attr_names'])} other attributes "
                          f"({', '.join(ckpt['attr_names'][:4])}, ...) than this dataset's {len(attr_names)}; {advice}")

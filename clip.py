@@ -276,15 +276,23 @@ def _sha256(path):
 
 
 def _download(url, root):
-    os.makedirs(root, exist_ok=True)
     expected = url.split("/")[-2]
     target = os.path.join(root, os.path.basename(url))
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:  # a read-only or full home, say
+        raise ValueError(f"cannot create the CLIP cache folder {root} ({e.strerror}); set XDG_CACHE_HOME to a "
+                         f"writable folder, or download {url} and pass the file as --clip=FILE") from None
     if os.path.isfile(target):
         if _sha256(target) == expected:
             return target
         print(f"{target} does not match its SHA256 checksum; downloading it again", file=sys.stderr)
     # we write to a temporary file in the same folder and rename it, so an interrupted download leaves nothing
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=os.path.basename(url) + ".", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=os.path.basename(url) + ".", suffix=".tmp")
+    except OSError as e:
+        raise ValueError(f"cannot write into the CLIP cache folder {root} ({e.strerror}); set XDG_CACHE_HOME to a "
+                         f"writable folder, or download {url} and pass the file as --clip=FILE") from None
     try:
         h, done = hashlib.sha256(), 0
         with urllib.request.urlopen(url, timeout=60) as source, os.fdopen(fd, "wb") as out:
@@ -306,7 +314,7 @@ def _download(url, root):
             os.remove(tmp)
         if isinstance(e, (OSError, http.client.HTTPException)):  # no network, refused, timed out, HTTP error
             raise ValueError(f"could not download {url} ({getattr(e, 'reason', e)}); put the file there by hand "
-                             f"as {target} (SHA256 {expected}), or pass clip.load the path of a copy") from None
+                             f"as {target} (SHA256 {expected}), or pass the path of a copy as --clip=FILE") from None
         raise
     return target
 
@@ -440,12 +448,13 @@ def _read_state_dict(path):
 
 
 def load(name_or_path, device="cpu", download_root=None, text=True):
-    """Load a CLIP by official name (see available_models(); downloaded once into ~/.cache/clip or download_root
-    and checked against its SHA256) or from a file: a TorchScript archive as OpenAI releases them, or a plain
-    state dict saved with torch.save. No code from the file runs. Returns the model in fp32 and eval mode; with
-    text=False, its image encoder alone."""
+    """Load a CLIP by official name (see available_models(); downloaded once into download_root, by default
+    $XDG_CACHE_HOME/clip or else ~/.cache/clip, and checked against its SHA256) or from a file: a TorchScript archive
+    as OpenAI releases them, or a plain state dict saved with torch.save. No code from the file runs. Returns the model
+    in fp32 and eval mode; with text=False, its image encoder alone."""
     if name_or_path in _MODELS:
-        path = _download(_MODELS[name_or_path], download_root or os.path.expanduser("~/.cache/clip"))
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        path = _download(_MODELS[name_or_path], download_root or os.path.join(cache, "clip"))
     elif os.path.isdir(name_or_path):
         raise ValueError(f"CLIP checkpoint {name_or_path} is a folder, not a file")
     elif os.path.isfile(name_or_path):

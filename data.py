@@ -28,7 +28,8 @@ from PIL import Image, ImageOps
 
 import synth
 from checkpoint import save_atomic
-from clip import MEAN, STD
+from clip import MEAN, STD, CLIPConfig
+from tokenizer import tokenize
 
 
 @dataclass
@@ -143,6 +144,10 @@ def _pick(parts, k, path, name, notes):
 
 def _record(path, paths, labels, names, splits, notes=()):
     names, labels, notes = [str(n) for n in names], np.asarray(labels), list(notes)  # numpy strings become str
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # one attribute would hide the other in every report keyed by name
+        raise ValueError(f"{path}: attribute name{'s' if len(twice) > 1 else ''} {', '.join(twice)} appear"
+                         f"{'' if len(twice) > 1 else 's'} more than once; each column needs a name of its own")
     other = ~np.isin(labels, (0, 1))
     if other.any():  # RAP's 2 and the pickles' 2 or -1 mean "uncertain", WIDER's -1 "no": all count as absent
         values = np.unique(labels[other])
@@ -313,6 +318,11 @@ def _read_prompts(data, path):
         if len(r) != 2 or r[0] not in data.attr_names:
             raise ValueError(f"{prompts_path}: row {','.join(r)} is not attribute,prompt for an attribute read from "
                              f"{os.path.basename(path)}")
+        try:
+            tokenize(r[1], context_length=CLIPConfig.context_length)
+        except ValueError:
+            raise ValueError(f"{prompts_path}: the prompt for {r[0]} is longer than the {CLIPConfig.context_length} "
+                             "tokens CLIP's text encoder reads; shorten it") from None
         data.prompts[data.attr_names.index(r[0])] = r[1]
     return data
 
@@ -568,12 +578,39 @@ def augment(x, pad, shifts=None, flips=None):
 # -----------------------------------------------------------------------------
 
 
+def label_warnings(data, selection):
+    """What in the labels and splits is allowed but likely wrong, one line each: images listed twice, images in two
+    splits (a leak between train and test flatters the test score), attributes without a positive or a negative
+    image in train (nothing to learn) or in the `selection` split (mA capped at 50)."""
+    paths, out = np.array(data.image_paths), []
+    names, counts = np.unique(paths, return_counts=True)
+    if (counts > 1).any():
+        twice = names[counts > 1]
+        differ = sum(len(np.unique(data.labels[paths == p], axis=0)) > 1 for p in twice)
+        out.append(f"images listed more than once: {len(twice)} ({differ} with different labels), such as {twice[0]}")
+    splits = list(data.splits)
+    for k, a in enumerate(splits):
+        for b in splits[k + 1:]:
+            both = np.intersect1d(paths[data.splits[a]], paths[data.splits[b]])
+            if len(both):
+                out.append(f"images in both {a} and {b}: {len(both)}, such as {both[0]}")
+    for split in dict.fromkeys(("train", selection)):
+        labels = data.labels[data.splits[split]]
+        for kind, count in (("positive", labels.sum(0)), ("negative", len(labels) - labels.sum(0))):
+            missing = [n for n, c in zip(data.attr_names, count) if c == 0]
+            if missing:
+                out.append(f"attributes without a {kind} image in {split}: {', '.join(missing)}")
+    return out
+
+
 def summary(name, data):
     n, a = data.labels.shape
     rates = data.labels.mean(0) if n else np.zeros(a)
     lines = [f"{name}: {n} images, {a} attributes; " + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())]
     lines += [f"  {rate:6.1%}  {attr:<24} {p}" for attr, p, rate in zip(data.attr_names, data.prompts, rates)]
     lines += [f"note: {note}" for note in data.notes]
+    if "train" in data.splits:
+        lines += [f"warning: {w}" for w in label_warnings(data, "val" if "val" in data.splits else "test")]
     return "\n".join(lines + [f"first image: {data.image_paths[0] if n else '-'}"])
 
 

@@ -6,6 +6,7 @@ table or an analysis starts from: the predictions as CSV, the attribute similari
 Shapes: N images, A attributes.
 """
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -17,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from checkpoint import check_attributes, load_checkpoint, model_from_checkpoint, resolve_device, save_atomic, writable_folder
+from checkpoint import check_attributes, load_checkpoint, model_from_checkpoint, resolve_device, save_atomic
 from data import PARImages, check_images, load_dataset, read_image
 from decoder import N_SPECIAL
+from run import hold_folder
 
 
 def metrics(gt, pred):
@@ -81,18 +83,31 @@ def sequence_stats(gt, pred):
                 ran_out=100 * ran_out)
 
 
+def one_sided(names, gt):
+    """The attributes of which gt (N, A) holds no positive, and those of which it holds no negative: their mA_j is
+    at most 50 whatever the model does, and they pull the mean mA down with it."""
+    gt = np.asarray(gt).astype(bool)
+    return dict(without_positives=[n for n, k in zip(names, gt.sum(0)) if k == 0],
+                without_negatives=[n for n, k in zip(names, gt.sum(0)) if k == len(gt)])
+
+
 def report(names, gt, pred):
-    """The overall metrics, the sequence view and the per-attribute table, as Markdown that also reads aligned."""
-    m, s = metrics(gt, pred), sequence_stats(gt, pred)
-    width = max(len("attribute"), *(len(n) for n in names))
+    """The overall metrics, the sequence view and the per-attribute table, as Markdown that also reads aligned; an
+    attribute without positives (or negatives) here is named under the metrics and marked * in the table."""
+    m, s, capped = metrics(gt, pred), sequence_stats(gt, pred), one_sided(names, gt)
+    notes = [f"note: mA averages in attributes {k.replace('_', ' ')} here (their mA is at most 50; marked *): "
+             + ", ".join(v) for k, v in capped.items() if v]
+    marked = set(sum(capped.values(), []))
+    width = max(len("attribute"), *(len(n) + 2 * (n in marked) for n in names))
     head = ["rate", "mA", "recall", "neg_recall", "precision", "F1"]
     lines = [f"| {'attribute':<{width}} | " + " | ".join(f"{h:>10}" for h in head) + " |",
              f"|{'-' * (width + 2)}|" + "|".join("-" * 11 + ":" for _ in head) + "|"]
     for name, row in zip(names, attribute_metrics(gt, pred)):
+        name = name + " *" if name in marked else name
         lines.append(f"| {name:<{width}} | " + " | ".join(f"{row[h]:>10.2f}" for h in head) + " |")
     return "\n".join([format_metrics(m), f"attributes per image: {s['emitted']:.2f} emitted, {s['true']:.2f} true; "
                       f"decoding stopped by <eos> {s['stopped_by_eos']:.1f}%, ran out of attributes {s['ran_out']:.1f}%",
-                      ""] + lines)
+                      *notes, ""] + lines)
 
 
 def predictions_csv(paths, names, pred, scores, gt):
@@ -186,7 +201,8 @@ def write_reports(cfg, data, split, ckpt_path, step, pred, scores, gt, **extra):
     indices = data.splits[split]
     result = dict(checkpoint=ckpt_path, step=step, dataset=cfg.dataset, split=split, beam_size=cfg.beam_size,
                   images=len(indices), commit=git_commit(), overall=metrics(gt, pred), sequence=sequence_stats(gt, pred),
-                  attributes=dict(zip(data.attr_names, attribute_metrics(gt, pred))), **extra)
+                  attributes=dict(zip(data.attr_names, attribute_metrics(gt, pred))), **one_sided(data.attr_names, gt),
+                  **extra)
     path = os.path.join(cfg.out_dir, f"metrics_{split}.json")
     save_atomic(path, lambda f: f.write(json.dumps(result, indent=1).encode()))
     table = predictions_csv([data.image_paths[i] for i in indices], data.attr_names, pred, scores, gt)
@@ -198,15 +214,19 @@ def save_picture(img, path):
     save_atomic(path, lambda f: img.save(f, format="PNG"))
 
 
-def evaluate_only(cfg):
-    """--eval_only=True: a checkpoint scored on one split, its reports and the two analysis figures; nothing trained."""
+def evaluate_only(cfg, given=()):
+    """--eval_only=True: a checkpoint scored on one split, its reports and the two analysis figures; nothing trained.
+    Without --dataset among the options `given` on the command line, the dataset is the one it was trained on."""
     if int(os.environ.get("RANK", -1)) != -1:
         raise ValueError("--eval_only=True runs in one process: start it with python, not torchrun")
     device = resolve_device(cfg.device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = load_checkpoint(path)
-    writable_folder(cfg.out_dir)
+    if "dataset" not in given:  # the dataset it was trained on, where it was read from
+        cfg = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ("dataset", "root", "pkl", "images",
+                                                                        "partition") if k not in given})
+    hold_folder(cfg.out_dir)
     data = load_dataset(cfg.dataset, cfg.root or None, pkl=cfg.pkl, images=cfg.images, partition=cfg.partition)
     check_attributes(ckpt, path, data.attr_names, f"evaluate it on the dataset it was trained on ({ckpt['dataset']})")
     if len(data.splits.get(cfg.split, [])) == 0:

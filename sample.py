@@ -39,15 +39,28 @@ def load_model(path, device="cpu", compile=False):
     return model, ckpt["attr_names"]
 
 
-def find_images(inputs):
+def find_images(inputs, skip=None):
+    """The files given and the images in the folders given, their subfolders and linked folders too (each real
+    folder once, so that a link to a folder above ends), leaving out the folder `skip` (where we write pictures)."""
     paths = []
     for p in inputs:
         if os.path.isdir(p):
-            paths += sorted(os.path.join(d, f) for d, _, files in os.walk(p) for f in files
-                            if f.lower().endswith(IMAGE_EXTENSIONS))
+            seen, found = {os.path.realpath(skip)} if skip else set(), []
+            for d, dirs, files in os.walk(p, followlinks=True):
+                if os.path.realpath(d) in seen:
+                    dirs[:] = []  # (and its files are not ours to read, or already read)
+                    continue
+                seen.add(os.path.realpath(d))
+                found += [os.path.join(d, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+            paths += sorted(found)
         else:
             paths.append(p)  # a missing or unreadable file is reported when it is read, with the others going on
     return paths
+
+
+def printable(path):
+    # a file name as the file system holds it: bytes that are not text in its encoding are escaped, as \xe9
+    return os.fsencode(path).decode(sys.getfilesystemencoding(), "backslashreplace")
 
 
 class Images(torch.utils.data.Dataset):
@@ -133,7 +146,7 @@ def parse_args(argv):
     opts, inputs = dict(OPTIONS), []
     for arg in argv:
         if not arg.startswith("--"):
-            inputs.append(arg)
+            inputs.append(os.path.expanduser(arg))
             continue
         key, eq, text = arg[2:].partition("=")
         if key not in opts:
@@ -145,7 +158,7 @@ def parse_args(argv):
             int(text) if text.isdigit() else None)
         if value is None or (key == "layers" and value not in ("last", "all")):
             raise ValueError(f"--{key}={text}: expected " + ("last or all" if key == "layers" else f"a {kind.__name__}"))
-        opts[key] = value
+        opts[key] = os.path.expanduser(value) if key in ("ckpt", "out") else value
     if not inputs:
         raise ValueError("no images given: python sample.py img.jpg [more images or folders] [--ckpt=out/ckpt.pt]")
     if opts["batch_size"] < 1 or opts["beam_size"] < 1:
@@ -166,7 +179,9 @@ def main(argv):
     model, names = load_model(opts["ckpt"], device, opts["compile"])
     if opts["attention"] and not hasattr(model, "transformer"):
         raise ValueError(f"--attention=True: {opts['ckpt']} has the linear head; attention maps need the decoder")
-    paths = find_images(inputs)
+    paths = find_images(inputs, skip=opts["out"] or None)
+    if not paths:
+        raise ValueError(f"no images in {', '.join(inputs)} (files ending in {', '.join(IMAGE_EXTENSIONS)})")
     size = model.clip.config.image_resolution
     loader = torch.utils.data.DataLoader(Images(paths, size), opts["batch_size"], num_workers=opts["workers"],
                                          collate_fn=collate)
@@ -192,13 +207,13 @@ def main(argv):
                     shown = Image.fromarray((shown.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy())
                     draw_attention(shown, maps[b, :len(emitted)].cpu(), [names[j] for j in emitted]).save(stem + "_attention.png")
     if opts["json"]:
-        print(json.dumps([dict(image=p, attributes=dict(results[i])) if i in results else dict(image=p, error=failed[i])
-                          for i, p in enumerate(paths)], indent=1))
+        print(json.dumps([dict(image=printable(p), attributes=dict(results[i])) if i in results else
+                          dict(image=printable(p), error=failed[i]) for i, p in enumerate(paths)], indent=1))
     else:
         for i, p in enumerate(paths):
             if i in results:
-                print(p + "".join(f"\n  {prob:.2f}  {name}" for name, prob in results[i]) if results[i] else
-                      f"{p}\n  (no attribute)")
+                print(printable(p) + "".join(f"\n  {prob:.2f}  {name}" for name, prob in results[i]) if results[i] else
+                      f"{printable(p)}\n  (no attribute)")
     for i in sorted(failed):
         print(f"error: {failed[i]}", file=sys.stderr)
     if opts["out"]:
@@ -207,9 +222,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.stdout.reconfigure(line_buffering=True)
+    # a name or an attribute the terminal cannot show is escaped rather than stopping the printing
+    sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
     try:
         sys.exit(main(sys.argv[1:]))
+    except BrokenPipeError:  # the reader stopped reading (| head): we stop too, without a word
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush would fail again)
+        sys.exit(1)
     except (FileNotFoundError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -10,17 +10,15 @@ Train SequencePAR on a pedestrian attribute dataset.
 Every field of TrainConfig can be overridden with --key=value. The run checks its options and its data first, then
 evaluates on the validation split every epoch (on the test split where a dataset has none), keeps the best checkpoint
 in out/ckpt.pt and the latest state in out/last.pt (for --resume=True), and at the end evaluates the selected model on
-the test split once. Ctrl-C saves out/last.pt at the current step; --resume=True continues from there.
+the test split once. One run at a time holds out_dir (see run.py). Ctrl-C, SIGTERM or SIGHUP saves out/last.pt at
+the current step; --resume=True continues from there.
 """
 import ast
-import csv
 import dataclasses
 import inspect
-import io
 import math
 import os
 import re
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -31,10 +29,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import clip
-from checkpoint import check_attributes, load_checkpoint, resolve_device, save_atomic, writable_folder
-from data import PARImages, augment, check_images, crop_pad, load_dataset, load_images, normalize
+from checkpoint import load_checkpoint, resolve_device, save_atomic
+from data import PARImages, augment, check_images, crop_pad, label_warnings, load_dataset, load_images, normalize
 from decoder import DecoderConfig, LinearHead, SequencePAR, labels_to_targets
 from evaluate import evaluate_only, format_metrics, metrics, predict, report, write_reports
+from run import CSVLog, Interrupt, Interrupted, check_resume, prepare_out_dir, worker_init
 
 
 @dataclass
@@ -47,6 +46,7 @@ class TrainConfig:
     partition: int = 0            # which of a dataset's random partitions (PETA, RAP and the pickles have several)
     workers: int = 4              # DataLoader processes per GPU
     preload: bool = False         # decode every image once into one uint8 tensor in memory (for small sets: synth)
+    decode: bool = False          # open every image before training, not only check that it is there
     # model
     clip: str = "ViT-L/14"        # an official name, a CLIP checkpoint file, or "tiny" (small, random, no download)
     head: str = "sequencepar"     # or "linear": the multi-label baseline, CLIP's image embedding -> Linear -> sigmoid
@@ -93,9 +93,12 @@ TINY_CLIP = clip.CLIPConfig(embed_dim=128, image_resolution=64, vision_layers=2,
                             transformer_heads=2, transformer_layers=1)
 
 
-def parse_overrides(argv, config_class, script="train.py"):
+PATHS = ("root", "pkl", "images", "clip", "out_dir", "ckpt")  # the options that name files or folders: ~ is expanded
+
+
+def parse_overrides(argv, config_class, script="train.py", paths=PATHS):
     """{field: value} from --key=value arguments for a config dataclass, each value a Python literal of the field's
-    type (bare strings too)."""
+    type (bare strings too); ~ expanded in the options that name files or folders."""
     types = {f.name: f.type for f in dataclasses.fields(config_class)}
     overrides = {}
     for arg in argv:
@@ -112,7 +115,7 @@ def parse_overrides(argv, config_class, script="train.py"):
             value = float(value)
         if type(value) is not types[key]:
             raise ValueError(f"--{key}={text}: expected a {types[key].__name__}")
-        overrides[key] = value
+        overrides[key] = os.path.expanduser(value) if key in paths else value
     return overrides
 
 
@@ -152,6 +155,10 @@ def check_config(cfg):
     for name, ok, expected in rules:
         if not ok:
             raise ValueError(f"--{name}={getattr(cfg, name)}: expected {expected}")
+    if cfg.ckpt and not cfg.eval_only:
+        raise ValueError(f"--ckpt={cfg.ckpt} is the checkpoint that --eval_only=True scores; a training run starts from "
+                         f"--clip and a fresh decoder (there is no fine-tuning from a checkpoint), and --resume=True "
+                         f"continues the run in --out_dir")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume=True and --overwrite=True contradict each other: continue the run, or replace it")
     resolve_device(cfg.device)
@@ -164,34 +171,6 @@ def check_config(cfg):
 def check_heads(n_head, width):
     if width is not None and width % n_head:
         raise ValueError(f"--n_head={n_head} does not divide the decoder's width {width} (CLIP's embedding width)")
-
-
-RUN_FILES = ("ckpt.pt", "last.pt")
-
-
-def prepare_out_dir(cfg):
-    """Makes sure out_dir is a writable folder that holds no other run (unless we resume or overwrite it), and removes
-    the temporary files a killed run left behind."""
-    out = cfg.out_dir
-    writable_folder(out)
-    held = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
-    if cfg.resume and "last.pt" not in held:
-        raise FileNotFoundError(f"--resume=True: {os.path.join(out, 'last.pt')} not found, so there is nothing to resume")
-    if held and not cfg.resume and not cfg.overwrite:
-        raise ValueError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume=True, or choose "
-                         f"another --out_dir, or replace it with --overwrite=True")
-    if held and cfg.overwrite:
-        print(f"--overwrite=True: this run replaces the one in {out} ({', '.join(held)})")
-
-
-def check_resume(ckpt, path, model, attr_names, head):
-    check_attributes(ckpt, path, attr_names, "use another --out_dir")
-    now = {**dataclasses.asdict(model.clip.config), **head_config(model), "head": head}
-    then = {**ckpt["clip_config"], **ckpt["decoder_config"], "head": ckpt.get("head", "sequencepar")}
-    changed = [f"{k} {then.get(k)} (now {v})" for k, v in now.items() if then.get(k) != v and k != "dropout"]
-    if changed:
-        raise ValueError(f"{path} holds another model: {', '.join(changed)}; resume with the options it was trained "
-                         f"with, or use another --out_dir")
 
 
 def head_config(model):
@@ -259,35 +238,12 @@ def make_batches(cfg, data, size, sampler, cuda):
         def eval_batches(split):
             return ((normalize(pixels[i]), labels[i]) for i in torch.from_numpy(data.splits[split]).split(eval_size))
         return train_batches(), eval_batches
-    loader_args = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0)
+    loader_args = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0,
+                       worker_init_fn=worker_init)
     train_loader = torch.utils.data.DataLoader(PARImages(data, data.splits["train"], size, train=True),
                                                batch_sampler=sampler, **loader_args)
     return iter(train_loader), lambda split: torch.utils.data.DataLoader(
         PARImages(data, data.splits[split], size, train=False), eval_size, **loader_args)
-
-
-class CSVLog:
-    """out_dir/log.csv: a row per logged step and per evaluation, appended as training goes. A fresh run starts it
-    anew; a resumed run keeps the rows up to the step it resumes from."""
-    FIELDS = ["kind", "step", "epoch", "loss", "lr", "decoder_lr", "img_per_s", "split", "mA", "Acc", "Prec", "Rec",
-              "F1", "F1_hm"]
-
-    def __init__(self, path, resume_step=None):
-        self.path = path
-        rows = []
-        if resume_step is not None and os.path.exists(path):
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        save_atomic(path, lambda f: f.write(self.lines([dict(zip(self.FIELDS, self.FIELDS))] + rows).encode()))
-
-    def lines(self, rows):
-        out = io.StringIO()
-        csv.DictWriter(out, self.FIELDS, restval="").writerows(rows)
-        return out.getvalue()
-
-    def write(self, **row):
-        with open(self.path, "a") as f:
-            f.write(self.lines([{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}]))
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -310,36 +266,14 @@ class EpochBatches(torch.utils.data.Sampler):
                 step += 1
 
 
-class Interrupt:
-    """While training, the first Ctrl-C asks the loop to stop at the next step, where the state is whole and can be
-    saved; a second one stops at once."""
-
-    def __init__(self, last_path):
-        self.requested, self.last_path = False, last_path
-        self.previous = signal.signal(signal.SIGINT, self.handler)
-
-    def handler(self, signum, frame):
-        if self.requested:
-            kept = f"{self.last_path} holds the last saved state" if os.path.exists(self.last_path) else "nothing saved"
-            raise KeyboardInterrupt(f"interrupted without saving; {kept}")
-        self.requested = True
-        print("\ninterrupt: saving the state at the next step (Ctrl-C again to quit without saving)", file=sys.stderr)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
-
-
 def main(argv):
     if "--help" in argv or "-h" in argv:
         print(usage())
         return None
     cfg = parse_config(argv)
     check_config(cfg)
-    if cfg.eval_only:
-        return evaluate_only(cfg)
+    if cfg.eval_only:  # (what the command line does not give, the checkpoint's own config does)
+        return evaluate_only(cfg, given={a[2:].partition("=")[0] for a in argv})
     ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun
     if ddp:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -374,11 +308,13 @@ def main(argv):
         if len(data.splits.get(split, [])) == 0:
             raise ValueError(f"{cfg.dataset}: the {split} split is empty or missing; a run needs train and test images")
     if master:
-        check_images([data.image_paths[i] for s in needed for i in data.splits[s]])
+        check_images([data.image_paths[i] for s in needed for i in data.splits[s]], decode=cfg.decode)
     if ddp and master:
         dist.barrier()
     log(f"{cfg.dataset}: {len(data.labels)} images, {len(data.attr_names)} attributes; "
         + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; model selection on {eval_split}")
+    for warning in label_warnings(data, eval_split):
+        log(f"warning: {cfg.dataset}: {warning}")
     per_process = cfg.batch_size // world
     if len(data.splits["train"]) < cfg.batch_size:
         raise ValueError(f"the train split has {len(data.splits['train'])} images, fewer than "
@@ -387,15 +323,22 @@ def main(argv):
     model = build_model(cfg, data).to(device)
     raw_model = model
     optimizer, base_lrs = configure_optimizer(raw_model, cfg)
-    step, best, elapsed = 0, -1.0, 0.0
+    step, best, elapsed, evaluated = 0, -1.0, 0.0, 0  # evaluated: the step whose state was last evaluated
     best_path, last_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "last.pt")
     if cfg.resume:
         ckpt = load_checkpoint(last_path)
-        check_resume(ckpt, last_path, raw_model, data.attr_names, cfg.head)
+        check_resume(ckpt, last_path, raw_model, data.attr_names, data.prompts, cfg.head)
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, best, elapsed = ckpt["step"], ckpt["best_mA"], ckpt["elapsed"]
-        log(f"resumed from {last_path} at step {step} (best {eval_split} mA so far {best:.2f})")
+        evaluated = step if ckpt.get("metrics") is not None else -1  # a state saved by a stop signal was not
+        tested = os.path.join(cfg.out_dir, "metrics_test.json")
+        if step >= cfg.epochs * (len(data.splits["train"]) // cfg.batch_size) and os.path.exists(tested):
+            log(f"{last_path} is a finished run (step {step}, tested: {tested}); nothing to resume: more --epochs "
+                f"train it further, --eval_only=True scores it again")
+            return None
+        log(f"resumed from {last_path} at step {step} (" + (f"best {eval_split} mA so far {best:.2f})" if best >= 0
+                                                           else "not evaluated yet)"))
         del ckpt
     csv_log = CSVLog(os.path.join(cfg.out_dir, "log.csv"), step if cfg.resume else None) if master else None
     if cfg.compile:
@@ -425,7 +368,7 @@ def main(argv):
     eval_interval = cfg.eval_interval or iters_per_epoch
     log(f"training {max_iters} steps: {cfg.epochs:g} epochs of {iters_per_epoch} batches of {cfg.batch_size} images"
         + (f", from step {step}" if step else ""))
-    start_step, t_log, t_start, t_session, t_eval = step, time.time(), time.time() - elapsed, time.time(), 0.0
+    t_log, t_start, t_session, t_eval = time.time(), time.time() - elapsed, time.time(), 0.0
     with Interrupt(last_path) as interrupt:
         while True:
             elapsed = time.time() - t_start
@@ -437,14 +380,14 @@ def main(argv):
             if stop:
                 if master:
                     save(checkpoint(None), last_path)
-                raise KeyboardInterrupt(f"interrupted at step {step}: saved {last_path}; continue with --resume=True")
+                raise interrupt.stopped(f"at step {step}: saved {last_path}; continue with --resume=True")
             # the fraction of the run done after this step: the schedule reaches its end with the last step
             lr_mult = lr_factor(min(1.0, (step + 1) / max_iters), cfg.warmup_epochs / cfg.epochs)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * lr_mult
             finished = step >= max_iters
 
-            if step > start_step and (step % eval_interval == 0 or finished):
+            if step != evaluated and (step % eval_interval == 0 or finished):
                 if master:
                     t0 = time.time()
                     pred, _, gt = predict(raw_model, eval_batches(eval_split), device, ctx, cfg.beam_size)
@@ -521,4 +464,4 @@ if __name__ == "__main__":
         sys.exit("error: " + re.sub(r"^\w+Error: ", "", str(e).strip().splitlines()[-1]))
     except KeyboardInterrupt as e:
         print(str(e) or "interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(e.code if isinstance(e, Interrupted) else 130)

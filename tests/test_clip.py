@@ -484,10 +484,11 @@ def test_no_network(tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{server.port}/{sha}/ViT-T.pt"
     monkeypatch.setattr(clip, "_MODELS", {"ViT-T": url})
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the default cache is ~/.cache/clip
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     cache = tmp_path / "home" / ".cache" / "clip"
     with pytest.raises(ValueError, match=re.escape(f"could not download {url} (") + r"[^\n]*Connection refused\); "
                        + re.escape(f"put the file there by hand as {cache / 'ViT-T.pt'} (SHA256 {sha}), or pass "
-                                   "clip.load the path of a copy") + "$"):
+                                   "the path of a copy as --clip=FILE") + "$"):
         clip.load("ViT-T")
     assert os.listdir(cache) == []
 
@@ -501,3 +502,18 @@ def test_missing_on_the_server(tmp_path, monkeypatch):
         clip.load("ViT-U", download_root=str(tmp_path / "cache"))
     assert server.requests == 1 and os.listdir(tmp_path / "cache") == []
     server.httpd.shutdown()
+
+
+def test_a_cache_folder_we_cannot_create_names_it_and_the_option(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    url = clip._MODELS["ViT-B/32"]
+    for env in (dict(XDG_CACHE_HOME=str(tmp_path / "a_file")), dict(HOME=str(tmp_path / "a_file"))):
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        cache = tmp_path / "a_file" / ("clip" if "XDG_CACHE_HOME" in env else ".cache/clip")
+        with pytest.raises(ValueError, match="^" + re.escape(f"cannot create the CLIP cache folder {cache} (Not a "
+                                                             f"directory); set XDG_CACHE_HOME to a writable folder, "
+                                                             f"or download {url} and pass the file as --clip=FILE")
+                           + "$"):
+            clip.load("ViT-B/32")

@@ -404,6 +404,36 @@ def write_csv(root, rows, header="image,split,hat,long hair"):
         f.write("\n".join([header] + rows) + "\n")
 
 
+def test_duplicate_attribute_names_refuse(tmp_path):
+    write_csv(str(tmp_path), ["0.png,train,1,0,1", "1.png,test,0,1,0"], header="image,split,hat,bag,hat")
+    tiny_image(str(tmp_path / "0.png"))
+    with pytest.raises(ValueError, match=r"labels\.csv: attribute name hat appears more than once; each column needs "
+                                         r"a name of its own$"):
+        data.load_dataset("csv", str(tmp_path))
+
+
+def test_label_warnings(tmp_path):
+    write_csv(str(tmp_path), ["a.png,train,1,0", "b.png,train,0,0", "a.png,train,0,0", "b.png,val,1,1",
+                              "c.png,test,1,1"], header="image,split,hat,bag")
+    tiny_image(str(tmp_path / "a.png"))
+    d = data.load_dataset("csv", str(tmp_path))
+    folder = str(tmp_path)
+    assert data.label_warnings(d, "val") == [
+        f"images listed more than once: 2 (2 with different labels), such as {folder}/a.png",  # b.png in two splits
+        f"images in both train and val: 1, such as {folder}/b.png",
+        "attributes without a positive image in train: bag", "attributes without a negative image in val: hat, bag"]
+    assert f"warning: images in both train and val: 1, such as {folder}/b.png" in data.summary("csv", d)
+
+
+def test_a_prompt_too_long_names_its_attribute_and_file(tmp_path):
+    write_csv(str(tmp_path), ["a.png,train,1,0", "b.png,test,0,1"])
+    tiny_image(str(tmp_path / "a.png"))
+    (tmp_path / "prompts.csv").write_text("attribute,prompt\nhat,A pedestrian" + " with a hat" * 30 + "\n")
+    with pytest.raises(ValueError, match=r"prompts\.csv: the prompt for hat is longer than the 77 tokens CLIP's text "
+                                         r"encoder reads; shorten it$"):
+        data.load_dataset("csv", str(tmp_path))
+
+
 def test_csv(tmp_path):
     write_csv(str(tmp_path), ["a.png,train,1,0", "sub/b.png,test,0,1", "c.png,train,1,1"])
     tiny_image(str(tmp_path / "a.png"))

@@ -66,7 +66,7 @@ def test_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"checkpoint .*missing.pt not found"):
         sample.main(["x.jpg", f"--ckpt={tmp_path}/missing.pt"])
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match=r"other.pt is not a SequencePAR checkpoint of train.py"):
+    with pytest.raises(ValueError, match=r"other.pt is not a checkpoint of train.py"):
         sample.main(["x.jpg", f"--ckpt={tmp_path}/other.pt"])
     (tmp_path / "pictures").write_text("a file")
     with pytest.raises(ValueError, match=r"--out=.*pictures is a file; expected a folder"):
@@ -104,3 +104,61 @@ def test_images_are_predicted_as_a_viewer_shows_them(trained_run, synth_root, tm
     t = sample.build_transform(32, train=False)
     sideways = model.generate(t(Image.open(folder / "b_turned.png").convert("RGB"))[None])[1]
     assert not torch.allclose(sideways, model.generate(t(Image.fromarray(upright))[None])[1])
+
+
+def sample_script(*args, env=None, **kwargs):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    return subprocess.run([sys.executable, "sample.py", *args], cwd=ROOT, capture_output=True, timeout=240,
+                          env={**os.environ, **(env or {})}, **kwargs)
+
+
+def test_a_file_name_that_is_not_text_is_printed_escaped_with_the_others(trained_run, synth_root, tmp_path):
+    out, _, _ = trained_run
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    picture = Image.open(os.path.join(synth_root, "images", "000001.png"))
+    for name in (b"a.png", b"caf\xe9.png", b"z.png"):  # \xe9: Latin-1's e acute, no UTF-8
+        picture.save(os.path.join(os.fsencode(folder), name))
+    r = sample_script(str(folder), f"--ckpt={out}/ckpt.pt", "--workers=0", env=dict(PYTHONIOENCODING="utf-8:strict"))
+    assert r.returncode == 0 and r.stderr == b"", r.stderr[-2000:]
+    printed = [line for line in r.stdout.decode().splitlines() if not line.startswith("  ")]
+    assert printed == [f"{folder}/a.png", f"{folder}/caf\\xe9.png", f"{folder}/z.png"]
+
+
+def test_a_closed_pipe_ends_quietly(trained_run, synth_root):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    out, _, _ = trained_run
+    images = os.path.join(synth_root, "images")
+    p = subprocess.Popen([sys.executable, "sample.py", images, f"--ckpt={out}/ckpt.pt", "--workers=0"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # as `| head` does once it has its lines: every line the script prints finds the pipe closed
+    _, err = p.communicate(timeout=240)
+    assert err == b"" and p.returncode != 0
+
+
+def test_folders_empty_linked_and_our_own(trained_run, synth_root, tmp_path, capsys):
+    out, _, _ = trained_run
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"^no images in .*empty \(files ending in \.jpg, "):
+        sample.main([str(tmp_path / "empty"), f"--ckpt={out}/ckpt.pt"])
+    folder, elsewhere = tmp_path / "imgs", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    picture = Image.open(os.path.join(synth_root, "images", "000001.png"))
+    picture.save(folder / "a.png")
+    picture.save(elsewhere / "b.png")
+    os.symlink(elsewhere, folder / "linked")  # a linked folder is read ...
+    os.symlink(folder, folder / "linked" / "up")  # ... and a link back up is not a loop
+    pictures = folder / "pictures"
+    assert sample.main([str(folder), f"--ckpt={out}/ckpt.pt", f"--out={pictures}", "--workers=0"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("  ")]
+    assert printed == [f"{folder}/a.png", f"{folder}/linked/b.png"] and len(os.listdir(pictures)) == 2
+    # the pictures we wrote are in the folder we read: a second run does not read them
+    assert sample.main([str(folder), f"--ckpt={out}/ckpt.pt", f"--out={pictures}", "--workers=0"]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if not line.startswith("  ")] == printed

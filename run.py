@@ -1,0 +1,165 @@
+"""
+The files of a run and the process that owns them: one run per out_dir, held with a lock that the kernel releases
+when the process ends, however it ends; the checks before a run starts or resumes there; its log.csv; and the stop
+signals, which save the state before the run ends.
+"""
+import csv
+import ctypes
+import dataclasses
+import fcntl
+import io
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+
+from checkpoint import RUN_FILE, TMP_NAME, check_attributes, save_atomic, writable_folder
+
+RUN_FILES = ("ckpt.pt", "last.pt")  # a folder holding one of these holds a run
+_held = {}  # folder (real path) -> the open file whose lock this process holds, until it exits
+
+
+def hold_folder(out):
+    """Makes out a writable folder and holds it for this process until the process exits: an exclusive flock on
+    out/.lock, which also names our pid for anyone refused. Another live process holding it is a one-line error.
+    Then, as the one owner, we remove the temporary files a killed run of ours left behind, and no other files."""
+    writable_folder(out)
+    if os.path.realpath(out) not in _held:  # (else a main() before this one in the same process holds it)
+        fd = os.open(os.path.join(out, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(f"{out} is in use by a live run (pid {pid}); wait for it to end, or choose another "
+                             f"--out_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held[os.path.realpath(out)] = fd
+    for f in os.listdir(out):
+        if TMP_NAME.fullmatch(f):
+            os.remove(os.path.join(out, f))  # a file of ours, half written when a run was killed
+
+
+def prepare_out_dir(cfg):
+    """Holds out_dir for this run and makes sure it holds no other run, unless we resume it or replace it. A replaced
+    run's checkpoints and reports are removed, so that none of them passes for the new run's; nothing else is."""
+    out = cfg.out_dir
+    hold_folder(out)
+    held = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if cfg.resume and "last.pt" not in held:
+        raise FileNotFoundError(f"--resume=True: {os.path.join(out, 'last.pt')} not found, so there is nothing to resume")
+    if held and not cfg.resume and not cfg.overwrite:
+        raise ValueError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume=True, or choose "
+                         f"another --out_dir, or replace it with --overwrite=True")
+    replaced = sorted(f for f in os.listdir(out) if RUN_FILE.fullmatch(f)) if cfg.overwrite else []
+    if replaced:
+        print(f"--overwrite=True: this run replaces the one in {out}; removed {', '.join(replaced)}")
+        for f in replaced:
+            os.remove(os.path.join(out, f))
+
+
+def check_resume(ckpt, path, model, attr_names, prompts, head):
+    check_attributes(ckpt, path, attr_names, "use another --out_dir")
+    # (the linear head reads no prompts)
+    changed = [(n, then, now) for n, then, now in zip(attr_names, ckpt["prompts"], prompts) if then != now
+               and head == "sequencepar"]
+    if changed:
+        n, then, now = changed[0]
+        raise ValueError(f"{path} was trained with another prompt for {n} ({then!r}, now {now!r})"
+                         + (f" and for {len(changed) - 1} more attributes" if len(changed) > 1 else "")
+                         + "; restore prompts.csv, or use another --out_dir")
+    now = {**dataclasses.asdict(model.clip.config), **(dataclasses.asdict(model.config) if head == "sequencepar" else {}),
+           "head": head}
+    then = {**ckpt["clip_config"], **ckpt["decoder_config"], "head": ckpt.get("head", "sequencepar")}
+    changed = [f"{k} {then.get(k)} (now {v})" for k, v in now.items() if then.get(k) != v and k != "dropout"]
+    if changed:
+        raise ValueError(f"{path} holds another model: {', '.join(changed)}; resume with the options it was trained "
+                         f"with, or use another --out_dir")
+
+
+class CSVLog:
+    """out_dir/log.csv: a row per logged step and per evaluation, appended as training goes. A fresh run starts it
+    anew; a resumed run keeps the rows up to the step it resumes from."""
+    FIELDS = ["kind", "step", "epoch", "loss", "lr", "decoder_lr", "img_per_s", "split", "mA", "Acc", "Prec", "Rec",
+              "F1", "F1_hm"]
+
+    def __init__(self, path, resume_step=None):
+        self.path = path
+        rows = []
+        if resume_step is not None and os.path.exists(path):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        save_atomic(path, lambda f: f.write(self.lines([dict(zip(self.FIELDS, self.FIELDS))] + rows).encode()))
+
+    def lines(self, rows):
+        out = io.StringIO()
+        csv.DictWriter(out, self.FIELDS, restval="").writerows(rows)
+        return out.getvalue()
+
+    def write(self, **row):
+        with open(self.path, "a") as f:
+            f.write(self.lines([{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}]))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal; code is the exit status a shell gives a process killed by it, 128 + its number."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.code = 128 + signum
+
+
+class Interrupt:
+    """While training, the first stop signal asks the loop to stop at the next step, where the state is whole and can
+    be saved: Ctrl-C (SIGINT), and SIGTERM and SIGHUP, which `kill`, a cluster's preemption and a closed terminal
+    send. A second one stops at once."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, last_path):
+        self.requested, self.signum, self.last_path = False, signal.SIGINT, last_path
+        self.previous = {s: signal.signal(s, self.handler) for s in self.SIGNALS}
+
+    def handler(self, signum, frame):
+        if self.requested:
+            kept = f"{self.last_path} holds the last saved state" if os.path.exists(self.last_path) else "nothing saved"
+            raise Interrupted(f"interrupted without saving; {kept}", signum)
+        self.requested, self.signum = True, signum
+        name, again = ("interrupt", "Ctrl-C again") if signum == signal.SIGINT else (signal.Signals(signum).name,
+                                                                                      "a second signal")
+        print(f"\n{name}: saving the state at the next step ({again} to quit without saving)", file=sys.stderr)
+
+    def stopped(self, where):
+        """The exception that ends the run once its state is saved: `where` says at which step and how to resume."""
+        by = "" if self.signum == signal.SIGINT else f" by {signal.Signals(self.signum).name}"
+        return Interrupted(f"interrupted{by} {where}", self.signum)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for s, previous in self.previous.items():
+            signal.signal(s, previous)
+
+
+def worker_init(_):
+    # A DataLoader worker ends with the main process, and only then. Ctrl-C and a hang-up reach the whole process
+    # group, and a cluster's preemption may send SIGTERM to every process of the job: all three are the main
+    # process's to act on, so a worker ignores them, except a SIGTERM from its parent, which is how the parent ends
+    # it. On Linux the kernel also kills a worker the moment its parent dies, however the parent dies.
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        parent = multiprocessing.parent_process().pid
+        if os.getppid() != parent:  # the parent died before we asked
+            os._exit(0)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # SIGTERM now waits for the thread below
+        threading.Thread(target=_end_on_sigterm_from, args=(parent,), daemon=True).start()
+
+
+def _end_on_sigterm_from(parent):
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)

@@ -1,0 +1,271 @@
+"""run.py: one run per out_dir, the stop signals that save, a resume that can always finish, and the options that
+do not apply to a training run."""
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+from conftest import ROOT, tiny_args
+
+
+def start(args, log):
+    # train.py with its log going to a file, line by line, and its stderr to a pipe
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=f, stderr=subprocess.PIPE,
+                                text=True)
+
+
+def wait_for(pattern, p, log, timeout=180):
+    t0 = time.time()
+    while time.time() - t0 < timeout and p.poll() is None and not re.search(pattern, open(log).read(), re.M):
+        time.sleep(0.02)
+    assert p.poll() is None, (p.returncode, p.stderr.read()[-2000:], open(log).read()[-2000:])
+
+
+def log_rows(path):
+    with open(path, newline="") as f:
+        return [(r["kind"], r["step"]) for r in csv.DictReader(f)]
+
+
+def test_two_runs_started_at_once_into_one_folder_one_trains(synth_root, tiny_clip_file, tmp_path):
+    out = tmp_path / "out"
+    args = tiny_args(synth_root, tiny_clip_file, out, "--epochs=3")
+    runs = [start(args, tmp_path / f"log{k}.txt") for k in range(2)]
+    results = [p.communicate(timeout=240)[1] for p in runs]
+    assert sorted(p.returncode for p in runs) == [0, 1], results
+    winner, loser = sorted(range(2), key=lambda k: runs[k].returncode)
+    assert results[winner] == ""
+    assert results[loser] == (f"error: {out} is in use by a live run (pid {runs[winner].pid}); wait for it to end, "
+                              f"or choose another --out_dir\n")
+    # the files are the winner's alone, and whole: one log of one run, its checkpoints, its test report
+    best = torch.load(out / "ckpt.pt", weights_only=True)["step"]
+    assert log_rows(out / "log.csv") == [r for e in range(3) for r in [("train", str(s)) for s in range(8 * e + 1, 8 * e + 9)]
+                                         + [("eval", str(8 * e + 8))]] + [("test", str(best))]
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 24
+    assert json.loads((out / "metrics_test.json").read_text())["step"] == best
+    assert open(tmp_path / f"log{winner}.txt").read().count("eval step") == 3
+
+
+def test_starts_into_a_live_runs_folder_leave_it_alone(synth_root, tiny_clip_file, tmp_path):
+    # a run that saves at every step; meanwhile a new run, a resume and an --eval_only into its folder are refused,
+    # and the live run's saves in progress survive them
+    out = tmp_path / "out"
+    args = tiny_args(synth_root, tiny_clip_file, out, "--epochs=4", "--eval_interval=1")
+    live = start(args, tmp_path / "log.txt")
+    try:
+        wait_for(r"^eval step 2 ", live, tmp_path / "log.txt")
+        refused = rf"^{re.escape(str(out))} is in use by a live run \(pid {live.pid}\); wait for it to end"
+        for extra in ([], ["--resume=True"], ["--overwrite=True"]):
+            with pytest.raises(ValueError, match=refused):
+                train.main(args + extra)
+        with pytest.raises(ValueError, match=refused):
+            train.main([f"--out_dir={out}", "--eval_only=True", "--workers=0"])
+        _, err = live.communicate(timeout=240)
+    finally:
+        live.kill()
+    assert live.returncode == 0 and err == "", err[-2000:]
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 32 and (out / "metrics_test.json").exists()
+    assert not {"similarity.png", "failures_test.png"} & set(os.listdir(out))  # nothing of the --eval_only's
+
+
+def children(pid):
+    kids = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        if int(ppid) == pid:
+            kids.append(int(d))
+    return kids
+
+
+def ended(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has ended, unreaped
+    except OSError:
+        return True
+
+
+def all_end_within(pids, seconds):
+    t0 = time.time()
+    while time.time() - t0 < seconds and not all(map(ended, pids)):
+        time.sleep(0.05)
+    return all(map(ended, pids))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_saves_and_the_resume_continues_at_the_next_batch(synth_root, tiny_clip_file, tmp_path):
+    out = tmp_path / "out"
+    args = tiny_args(synth_root, tiny_clip_file, out, "--epochs=40", "--batch_size=8", "--eval_interval=10000",
+                     "--workers=2")
+    p = start(args, tmp_path / "log1.txt")
+    try:
+        wait_for(r"^step 3/1280 ", p, tmp_path / "log1.txt")
+        workers = children(p.pid)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    step = torch.load(out / "last.pt", weights_only=True)["step"]
+    assert p.returncode == 128 + signal.SIGTERM and 3 <= step < 40, err
+    assert err.splitlines()[-1] == f"interrupted by SIGTERM at step {step}: saved {out}/last.pt; continue with --resume=True"
+    assert len(workers) == 2 and all_end_within(workers, 5)
+    p = start(args + ["--resume=True"], tmp_path / "log2.txt")
+    try:
+        wait_for(rf"^step {step + 2}/1280 ", p, tmp_path / "log2.txt")
+        workers = children(p.pid)
+        p.kill()  # SIGKILL: the workers end with the main process, at once
+        p.wait(timeout=60)
+        assert len(workers) == 2 and all_end_within(workers, 2)
+    finally:
+        p.kill()
+    log = open(tmp_path / "log2.txt").read()
+    assert f"resumed from {out}/last.pt at step {step} (not evaluated yet)" in log
+    assert re.findall(r"^step (\d+)/1280", log, re.M)[0] == str(step + 1)
+
+
+def test_a_truncated_test_image_with_decode_fails_before_the_first_step(synth_root, tiny_clip_file, tmp_path, capsys):
+    root = tmp_path / "synth"
+    shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns(".images-*"))
+    data = train.load_dataset("synth", str(root))
+    broken = data.image_paths[data.splits["test"][-1]]
+    with open(broken, "r+b") as f:
+        f.truncate(os.path.getsize(broken) // 2)
+    with pytest.raises(FileNotFoundError, match=rf"^1 of 320 images are missing or unreadable: {re.escape(broken)} "):
+        train.main(tiny_args(str(root), tiny_clip_file, tmp_path / "out", "--decode=True"))
+    assert not re.search(r"^step 1/", capsys.readouterr().out, re.M)
+
+
+def interrupted_run(synth_root, tiny_clip_file, out, step, *extra):
+    """A run's folder as a stop signal at `step` leaves it: last.pt holds the state and no metrics, and nothing else
+    is there, since no evaluation happened yet."""
+    torch.manual_seed(0)
+    args = tiny_args(synth_root, tiny_clip_file, out, *extra)
+    cfg = train.parse_config(args)
+    data = train.read_data(cfg, log=lambda *a: None)
+    model = train.build_model(cfg, data)
+    optimizer, _ = train.configure_optimizer(model, cfg)
+    out.mkdir()
+    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, best_mA=-1.0, elapsed=0.0,
+                    metrics=None, config=vars(cfg), clip_config=vars(model.clip.config),
+                    decoder_config=vars(model.config), attr_names=data.attr_names, prompts=data.prompts,
+                    dataset="synth"), out / "last.pt")
+    return args
+
+
+def test_a_run_stopped_at_its_last_step_before_any_evaluation_finishes(synth_root, tiny_clip_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = interrupted_run(synth_root, tiny_clip_file, out, 8, "--epochs=1")
+    m = train.main(args + ["--resume=True"])
+    log = capsys.readouterr().out
+    assert "at step 8 (not evaluated yet)" in log and "eval step 8 " in log and set(m) >= {"mA", "F1"}
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 8 and (out / "metrics_test.json").exists()
+    # resumed again, the finished run says so and tests nothing
+    assert train.main(args + ["--resume=True"]) is None
+    log = capsys.readouterr().out
+    assert re.search(rf"^{re.escape(str(out))}/last.pt is a finished run \(step 8, tested: .*metrics_test.json\); "
+                     r"nothing to resume", log, re.M) and "test (" not in log
+
+
+def test_resume_refuses_changed_prompts(synth_root, tiny_clip_file, tmp_path):
+    root = tmp_path / "synth"
+    shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns(".images-*"))
+    out = tmp_path / "out"
+    args = interrupted_run(str(root), tiny_clip_file, out, 3)
+    (root / "prompts.csv").write_text("attribute,prompt\nHat,A person whose head is covered by a hat\n")
+    with pytest.raises(ValueError, match=r"last\.pt was trained with another prompt for Hat \('A pedestrian wearing a "
+                                         r"hat', now 'A person whose head is covered by a hat'\); restore prompts\.csv, "
+                                         r"or use another --out_dir$"):
+        train.main(args + ["--resume=True"])
+
+
+def test_ckpt_given_to_a_training_run_refuses(synth_root, tiny_clip_file, tmp_path):
+    with pytest.raises(ValueError, match=r"^--ckpt=.*missing\.pt is the checkpoint that --eval_only=True scores; a "
+                                         r"training run starts from --clip and a fresh decoder \(there is no "
+                                         r"fine-tuning from a checkpoint\)"):
+        train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "out", f"--ckpt={tmp_path}/missing.pt"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_paths_expand_the_home_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = train.parse_config(["--root=~/data", "--out_dir=~/runs/a", "--clip=~/clip.pt", "--ckpt=~/c.pt",
+                              "--dataset=pkl", "--pkl=~/x.pkl", "--images=~/img"])
+    assert (cfg.root, cfg.out_dir, cfg.clip, cfg.ckpt, cfg.pkl, cfg.images) == tuple(
+        str(tmp_path / f) for f in ("data", "runs/a", "clip.pt", "c.pt", "x.pkl", "img"))
+    assert train.parse_config(["--clip=ViT-B/32"]).clip == "ViT-B/32"
+
+
+def test_overwrite_removes_the_replaced_runs_files_and_only_those(trained_run, synth_root, tiny_clip_file, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "used"
+    shutil.copytree(trained_run[0], out)
+    old = {"metrics_val.json": "{}", "failures_val.png": "png", "similarity.png": "png", "similarity.csv": "a",
+           "predictions_val.csv": "a"}
+    for name, text in old.items():
+        (out / name).write_text(text)
+    (out / "notes.txt").write_text("the user's")
+    (out / "metrics.json").write_text("the user's too")
+    train.main(tiny_args(synth_root, tiny_clip_file, out, "--overwrite=True", "--epochs=1"))
+    log = capsys.readouterr().out
+    assert re.search(r"--overwrite=True: this run replaces the one in .*used; removed ckpt\.pt, failures_val\.png, "
+                     r"last\.pt, log\.csv, metrics_test\.json, metrics_val\.json", log)
+    assert not set(old) & set(os.listdir(out))
+    assert (out / "notes.txt").read_text() == "the user's" and (out / "metrics.json").read_text() == "the user's too"
+    assert log_rows(out / "log.csv")[-1] == ("test", "8")
+
+
+def test_eval_only_takes_the_dataset_from_the_checkpoint(trained_run, tmp_path, capsys):
+    shutil.copy(os.path.join(trained_run[0], "ckpt.pt"), tmp_path / "ckpt.pt")
+    m = train.main([f"--out_dir={tmp_path}", "--eval_only=True", "--workers=0", "--pictures=0"])
+    assert set(m) >= {"mA"} and "on synth test: 32 images" in capsys.readouterr().out
+
+
+def test_the_report_names_attributes_without_positives(tmp_path):
+    import evaluate
+    gt = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1]])
+    pred = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1]])
+    lines = evaluate.report(["hat", "bag", "coat"], gt, pred).splitlines()
+    assert lines[2] == "note: mA averages in attributes without positives here (their mA is at most 50; marked *): bag"
+    assert lines[3] == "note: mA averages in attributes without negatives here (their mA is at most 50; marked *): coat"
+    assert re.match(r"\| bag \* +\| +0\.00 \| +33\.33 \|", lines[-2]) and len({len(x) for x in lines[5:]}) == 1
+    assert evaluate.one_sided(["hat", "bag", "coat"], gt) == dict(without_positives=["bag"], without_negatives=["coat"])
+    m = evaluate.metrics(gt, pred)  # still the standard mA: the mean over every attribute
+    assert m["mA"] == pytest.approx(np.mean([(1 / 2 + 1) / 2, (0 + 2 / 3) / 2, (1 + 0) / 2]) * 100)
+
+
+def csv_rows(root, header, rows):
+    root.mkdir()
+    (root / "labels.csv").write_text("\n".join([header] + rows) + "\n")
+    for r in rows:
+        name = r.split(",")[0]
+        if not (root / name).exists():
+            Image.new("RGB", (8, 16)).save(root / name)
+    return root
+
+
+def test_a_leak_and_unlearnable_attributes_are_warned_about(tiny_clip_file, tmp_path, capsys):
+    rows = [f"{i}.png,train,{i % 2},0" for i in range(40)] + [f"{i}.png,test,{i % 2},{i % 3 == 0:d}" for i in range(38, 44)]
+    rows += ["2.png,train,1,0"]
+    root = csv_rows(tmp_path / "set", "image,split,hat,bag", rows)
+    train.main(["--dataset=csv", f"--root={root}", f"--clip={tiny_clip_file}", f"--out_dir={tmp_path / 'out'}",
+                "--workers=0", "--epochs=1", "--warmup_epochs=0.0", "--n_layer=1"])
+    log = capsys.readouterr().out
+    # 2.png twice in train; 38.png and 39.png once in train, once in test
+    assert "warning: csv: images listed more than once: 3 (2 with different labels), such as " in log
+    assert re.search(r"^warning: csv: images in both train and test: 2, such as .*38\.png$", log, re.M)
+    assert "warning: csv: attributes without a positive image in train: bag" in log
