@@ -195,3 +195,15 @@ def test_preloaded_images_train_too(synth_root, tiny_clip_file, tmp_path, capsys
     assert log.count("eval step") == 2 and torch.load(out / "last.pt", weights_only=True)["step"] == 16
     train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "again", "--preload=True", "--epochs=1"))
     assert "decoding 320 images" not in capsys.readouterr().out  # the cache is reused
+
+
+def test_a_preload_cache_that_cannot_be_written_keeps_the_images_in_memory(synth_root, tiny_clip_file, tmp_path,
+                                                                            monkeypatch, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "out", "--preload=True", "--epochs=1"))
+    log = capsys.readouterr().out
+    assert re.search(r"^note: the decoded images stay in memory only: .*not-a-folder", log, re.M)
+    assert "test (best on val" in log and blocker.read_text().startswith("a file")
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
