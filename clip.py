@@ -4,7 +4,8 @@ CLIP, written out: the ViT image encoder, the causal text transformer, and a loa
 Parameter names are CLIP's own, so an official state dict loads with strict=True and no mapping table. Everything
 runs in fp32; attention goes through F.scaled_dot_product_attention.
 
-Loading runs no code from the file: OpenAI's TorchScript archives are read as data (see _read_torchscript).
+Loading runs no code from a file handed to us: TorchScript archives are read as data (see _read_torchscript); only a
+file whose SHA256 is one of OpenAI's four released ones may fall back to torch.jit.load.
 
 Shapes: B batch, N image tokens (1 + grid^2), L text positions, C transformer width, D joint embedding width,
 nh heads, hs head size (C = nh * hs).

@@ -156,8 +156,8 @@ class SequencePAR(nn.Module):
         tokens = tokens[:, :int(tokens.argmax(1).max()) + 1]
         # The prompts use a few dozen of CLIP's 49,408 token embeddings, and nothing else reads them. We train a copy
         # of just those rows, the ids renumbered into it in order (EOT keeps the highest id): every output is the
-        # same, but a step no longer makes a gradient for the whole table nor AdamW update it (7% of the demo's
-        # step). CLIP's own table stays as it was, frozen (DDP wants a gradient for every trainable weight).
+        # same, but a step no longer makes a gradient for the whole table nor AdamW update it. CLIP's own table stays
+        # as it was, frozen (DDP wants a gradient for every trainable weight).
         vocab, ids = tokens.unique(return_inverse=True)
         self.register_buffer("prompt_tokens", ids, persistent=False)
         self.prompt_embedding = nn.Parameter(clip_model.token_embedding.weight.detach()[vocab].clone())

@@ -33,8 +33,8 @@ def load_model(path, device="cpu", compile=False):
     model = model_from_checkpoint(ckpt, path).to(device).eval()
     if compile:
         # The image encoder is where generate spends its time, and its shapes stay the same from batch to batch: we
-        # compile it (in place, so that generate uses it). The decoding steps change shape at every step, and even
-        # rewritten as one fixed-shape step they gained too little on a CPU to pay for their compilation: eager.
+        # compile it (in place, so that generate uses it). The decoding steps change shape at every step, so they
+        # would compile again and again: they stay eager.
         model.clip.visual.compile()
     return model, ckpt["attr_names"]
 

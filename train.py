@@ -44,7 +44,7 @@ class TrainConfig:
     pkl: str = ""                 # a dataset pickle under root (pkl: "" takes the only one there)
     images: str = ""              # the pickle datasets' image folder under root ("" is the dataset's default)
     partition: int = 0            # which of a dataset's random partitions (PETA, RAP and the pickles have several)
-    workers: int = 4              # DataLoader processes per GPU
+    workers: int = 4              # DataLoader processes per training process
     preload: bool = False         # decode every image once into one uint8 tensor in memory (for small sets: synth)
     decode: bool = False          # open every image before training, not only check that it is there
     # model
