@@ -369,8 +369,9 @@ def tables(stats, commit):
             if g in dict(base):
                 condition = {"depth": "2 layers", "beam": "greedy", "order": "column order"}.get(exp, "clean")
             values = ([cell(s["focus_mA"])] if exp == "imbalance" else []) + [cell(s[k]) for k in METRICS]
+            seconds = "-" if np.isnan(s["train_s"][0]) else f"{s['train_s'][0]:.0f}"  # (beam search trains nothing)
             lines.append(f"| {condition} | {head_label[head]} | {s['n']} | {s['steps']} | " + " | ".join(values)
-                         + f" | {s['train_s'][0]:.0f} |")
+                         + f" | {seconds} |")
         lines.append("")
     return "\n".join(lines)
 
