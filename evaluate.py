@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from checkpoint import check_attributes, load_checkpoint, model_from_checkpoint, resolve_device, save_atomic
 from data import PARImages, check_images, load_dataset, read_image
-from decoder import N_SPECIAL
+from decoder import N_SPECIAL, SequencePAR
 from run import hold_folder
 
 
@@ -241,7 +241,7 @@ def evaluate_only(cfg, given=()):
           f"beam size {cfg.beam_size}")
     pred, scores, gt = predict(model, batches, device, ctx, cfg.beam_size)
     print(f"{cfg.split}: " + report(data.attr_names, gt, pred))
-    tokens = hasattr(model, "token_table")  # SequencePAR's attribute tokens; the linear head has none
+    tokens = isinstance(model, SequencePAR)  # SequencePAR's attribute tokens; the linear head has none
     if tokens:
         with torch.no_grad():
             picture, sim = similarity_figure(data.attr_names, model.token_table()[N_SPECIAL:])

@@ -20,6 +20,8 @@ Ctrl-C resumes from its last.pt). Writes out_dir/results.csv (one row per run, a
 tables: mean over seeds, +- half their range) and results.png (mA under noise and imbalance).
 """
 import csv
+import functools
+import io
 import json
 import os
 import re
@@ -34,6 +36,7 @@ from PIL import Image, ImageDraw
 
 import data as D
 import synth
+from checkpoint import save_atomic
 from train import parse_overrides
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -100,10 +103,9 @@ def write_variant(folder, base, labels, splits, order=None):
     rows = [["image", "split"] + [base.attr_names[j] for j in order]]
     rows += [[os.path.realpath(base.image_paths[i]), split_of[i]] + [str(int(v)) for v in labels[i, order]]
              for i in sorted(split_of)]
-    tmp = os.path.join(folder, "labels.csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    os.replace(tmp, os.path.join(folder, "labels.csv"))
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    save_atomic(os.path.join(folder, "labels.csv"), lambda f: f.write(text.getvalue().encode()))
     return folder
 
 # -----------------------------------------------------------------------------
@@ -128,7 +130,6 @@ def plan(cfg, base, seeds, datasets, equal_time_steps):
     runs, chosen = [], cfg.only.split(",") if cfg.only else EXPERIMENTS
     symmetric, missing, rare_rates, depths = (SYMMETRIC, MISSING, RARE_RATES, (1, 4, 6)) if not cfg.quick else (
         SYMMETRIC[-1:], MISSING[-1:], RARE_RATES[-1:], (6,))  # --quick=True: the strongest of each
-    rates = base.labels[base.splits["train"]].mean(0)
 
     def add(experiment, condition, head, root, options=(), compare="", steps=cfg.steps, ckpt=""):
         group = f"{experiment}/{condition}/{head}"
@@ -162,8 +163,7 @@ def plan(cfg, base, seeds, datasets, equal_time_steps):
                             base_root, (), "heads/weighted/sequencepar",
                             ckpt=os.path.join(run_dir(cfg, f"heads/weighted/sequencepar/s{seed}"), "ckpt.pt")))
     if "order" in chosen:
-        for name, order in (("rare first", np.argsort(rates, kind="stable")),
-                            ("frequent first", np.argsort(-rates, kind="stable"))):
+        for name in ("rare first", "frequent first"):
             add("order", name, "sequencepar", datasets[name], compare="heads/weighted/sequencepar")
     return runs
 
@@ -205,12 +205,17 @@ def run_dir(cfg, key):
     return os.path.join(cfg.out_dir, "runs", re.sub(r"[^\w.-]+", "-", key))
 
 
+@functools.lru_cache(maxsize=None)
+def train_size(root, is_base):
+    return len(D.load_dataset("synth" if is_base else "csv", root).splits["train"])  # (read once per folder)
+
+
 def command(cfg, run, base_root):
     out = run_dir(cfg, run.key)
     if run.ckpt:  # beam: decode a trained checkpoint on test
         return [sys.executable, os.path.join(ROOT, "train.py"), "--eval_only=True", f"--ckpt={run.ckpt}", "--beam_size=3",
                 "--dataset=synth", f"--root={base_root}", f"--out_dir={out}", "--split=test", "--pictures=0"], out
-    n_train = len(D.load_dataset("csv" if run.root != base_root else "synth", run.root).splits["train"])
+    n_train = train_size(run.root, run.root == base_root)
     if n_train < 64:
         raise ValueError(f"{run.root}: {n_train} training images, fewer than a batch of 64")
     epochs = run.steps / (n_train // 64)  # the preset's batches of 64: exactly run.steps steps
@@ -417,9 +422,7 @@ def plot(stats, path):
                 d.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colours[head])
         for i, (head, name) in enumerate(HEADS):
             d.text((x0 + 8, y0 + h - 30 + 14 * i), name, fill=colours[head])
-    tmp = path + ".tmp"
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    save_atomic(path, lambda f: img.save(f, format="PNG"))
 
 
 def report(cfg, results_path):
@@ -428,9 +431,7 @@ def report(cfg, results_path):
     commits = sorted({r["commit"] for r in results.values()})
     text = tables(stats, ", ".join(commits))
     md = os.path.join(cfg.out_dir, "results.md")
-    with open(md + ".tmp", "w") as f:
-        f.write(text + "\n")
-    os.replace(md + ".tmp", md)
+    save_atomic(md, lambda f: f.write((text + "\n").encode()))
     plot(stats, os.path.join(cfg.out_dir, "results.png"))
     return md
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 import clip
 from checkpoint import load_checkpoint, model_from_checkpoint, resolve_device
 from data import build_transform, read_image
-from decoder import labels_to_targets
+from decoder import SequencePAR, labels_to_targets
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 OPTIONS = dict(ckpt="out/ckpt.pt", json=False, out="", attention=False, layers="last", beam_size=1, batch_size=64,
@@ -177,7 +177,7 @@ def main(argv):
     if opts["out"] and os.path.exists(opts["out"]) and not os.path.isdir(opts["out"]):
         raise ValueError(f"--out={opts['out']} is a file; expected a folder for the pictures")
     model, names = load_model(opts["ckpt"], device, opts["compile"])
-    if opts["attention"] and not hasattr(model, "transformer"):
+    if opts["attention"] and not isinstance(model, SequencePAR):
         raise ValueError(f"--attention=True: {opts['ckpt']} has the linear head; attention maps need the decoder")
     paths = find_images(inputs, skip=opts["out"] or None)
     if not paths:
