@@ -75,11 +75,18 @@ class CrossAttention(nn.Module):
         k, v = self.c_kv(memory).split(D, dim=2)
         return tuple(t.view(B, N, self.n_head, D // self.n_head).transpose(1, 2) for t in (k, v))  # (B, nh, N, hs)
 
-    def forward(self, x, kv):
+    def forward(self, x, kv, weights=False):
         B, T, D = x.shape
         q = self.c_q(x).view(B, T, self.n_head, D // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, *kv, dropout_p=self.dropout if self.training else 0.0)
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))
+        if weights:
+            # the attention written out, as nanoGPT keeps it beside SDPA: the same output, and the weights, which
+            # SDPA does not return, for whoever wants to see where each position looks (sample.py's attention maps)
+            att = (q @ kv[0].transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)  # (B, nh, T, N)
+            y = F.dropout(att, self.dropout, self.training) @ kv[1]
+        else:
+            y = F.scaled_dot_product_attention(q, *kv, dropout_p=self.dropout if self.training else 0.0)
+        y = self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))
+        return (y, att) if weights else y  # att: the weights before dropout, each row sums to 1
 
 
 class MLP(nn.Module):
@@ -104,11 +111,12 @@ class Block(nn.Module):
         self.ln_3 = nn.LayerNorm(n_embd, bias=config.bias)
         self.mlp = MLP(n_embd, config)
 
-    def forward(self, x, kv, cache=None, start=0):
+    def forward(self, x, kv, cache=None, start=0, weights=False):
         x = x + self.attn(self.ln_1(x), cache, start)
-        x = x + self.cross_attn(self.ln_2(x), kv)
+        y = self.cross_attn(self.ln_2(x), kv, weights)
+        x = x + (y[0] if weights else y)
         x = x + self.mlp(self.ln_3(x))
-        return x
+        return (x, y[1]) if weights else x  # weights=True: also the cross-attention weights (B, nh, T, N)
 
 
 def labels_to_targets(labels):
@@ -200,13 +208,20 @@ class SequencePAR(nn.Module):
         text = self.clip.encode_text(self.prompt_tokens, self.prompt_embedding)
         return F.normalize(torch.cat([self.transformer.wte.weight, text]), dim=-1)
 
-    def decode(self, idx, kvs, table, cache=None, start=0):
-        # idx (B, T): ids at positions start .. start + T - 1; kvs: per layer, the image tokens' keys and values
+    def decode(self, idx, kvs, table, cache=None, start=0, attention=False):
+        # idx (B, T): ids at positions start .. start + T - 1; kvs: per layer, the image tokens' keys and values.
+        # attention=True: the cross-attention takes the written-out path, and decode also returns its weights, a
+        # list of one (B, nh, T, N) per layer
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
         x = self.transformer.drop(F.embedding(idx, table) + self.transformer.wpe(pos))  # (B, T, D)
+        atts = []
         for i, block in enumerate(self.transformer.h):
-            x = block(x, kvs[i], None if cache is None else cache[i], start)
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+            x = block(x, kvs[i], None if cache is None else cache[i], start, weights=attention)
+            if attention:
+                x, att = x
+                atts.append(att)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        return (logits, atts) if attention else logits
 
     def encode(self, images):
         memory = self.clip.encode_image(images, all_tokens=True)  # (B, N, D), section 3.2

@@ -91,6 +91,22 @@ def test_sdpa_equals_written_out_attention():
     torch.testing.assert_close(out, block.cross_attn.c_proj(y), rtol=1e-5, atol=1e-6)
 
 
+def test_written_out_cross_attention_equals_sdpa():
+    # decode(attention=True) takes every layer's written-out cross-attention: the logits are SDPA's, and the weights
+    # are, for each head and position, a distribution over the image tokens
+    model = tiny_model(n_layer=3)
+    images = torch.randn(2, 3, 32, 32)
+    idx = labels_to_targets(random_labels(2, 35, rate=0.5))[:, :10]
+    with torch.no_grad():
+        kvs, table = model.encode(images), model.token_table()
+        logits, atts = model.decode(idx, kvs, table, attention=True)
+        torch.testing.assert_close(logits, model.decode(idx, kvs, table), rtol=0, atol=1e-5)
+    assert len(atts) == 3
+    for att in atts:
+        assert att.shape == (2, 4, 10, 17)  # (B, nh, T, N): 16 patches and the class token
+        torch.testing.assert_close(att.sum(-1), torch.ones(2, 4, 10), rtol=0, atol=1e-6)
+
+
 def test_kv_cache_equals_full_recomputation():
     model = tiny_model()
     images = torch.randn(2, 3, 32, 32)
