@@ -88,22 +88,8 @@ def collate(items):
 def attention_maps(model, images, pred, layers="last"):
     """(B, A + 1, grid, grid): for each output position, the decoder's cross-attention over the image patches
     (class token dropped), averaged over heads and over the last or all layers, with the predictions fed back in."""
-    seen = []
-
-    def hook(module, inputs, output):
-        x, (k, _) = inputs
-        B, T, D = x.shape
-        q = module.c_q(x).view(B, T, module.n_head, D // module.n_head).transpose(1, 2)
-        seen.append((q @ k.transpose(-2, -1) / k.shape[-1] ** 0.5).softmax(-1).mean(1))  # (B, T, N)
-
-    blocks = model.transformer.h if layers == "all" else model.transformer.h[-1:]
-    handles = [b.cross_attn.register_forward_hook(hook) for b in blocks]
-    try:
-        model.decode(labels_to_targets(pred)[:, :-1], model.encode(images), model.token_table())
-    finally:
-        for h in handles:
-            h.remove()
-    att = torch.stack(seen).mean(0)[:, :, 1:]  # (B, T, N - 1)
+    _, atts = model.decode(labels_to_targets(pred)[:, :-1], model.encode(images), model.token_table(), attention=True)
+    att = torch.stack(atts if layers == "all" else atts[-1:]).mean((0, 2))[:, :, 1:]  # (B, T, N - 1)
     grid = int(att.shape[-1] ** 0.5)
     return att.view(*att.shape[:2], grid, grid)
 

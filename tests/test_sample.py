@@ -50,16 +50,38 @@ def test_json_folder_pictures_attention_and_a_bad_image(trained_run, synth_root,
     assert len([f for f in written if f.endswith("_attention.png")]) == 3
 
 
-def test_attention_maps_are_distributions(trained_run):
+def test_attention_maps_equal_cross_attention_by_hand(trained_run):
+    # the maps against the cross-attention computed here from the weights: a pre-hook captures what each block's
+    # cross-attention reads, we form its queries and the image tokens' keys by hand and average the softmax over
+    # heads (then layers), the class token dropped
     out, _, _ = trained_run
     model, _ = sample.load_model(os.path.join(out, "ckpt.pt"))
+    torch.manual_seed(0)
     images = torch.randn(2, 3, 32, 32)
     pred, _ = model.generate(images)
-    for layers in ("last", "all"):
+    blocks, inputs = model.transformer.h, []
+    handles = [b.cross_attn.register_forward_pre_hook(lambda m, args: inputs.append(args[0])) for b in blocks]
+    with torch.no_grad():
+        model.decode(sample.labels_to_targets(pred)[:, :-1], model.encode(images), model.token_table())
+        memory = model.clip.encode_image(images, all_tokens=True)  # (B, N, D)
+    for h in handles:
+        h.remove()
+    B, T, D = inputs[0].shape
+    nh = blocks[0].cross_attn.n_head
+    hs = D // nh
+
+    def by_hand(attn, x):  # (B, T, N), averaged over heads
+        q = (x @ attn.c_q.weight.T + attn.c_q.bias).view(B, T, nh, hs).transpose(1, 2)
+        k = (memory @ attn.c_kv.weight[:D].T + attn.c_kv.bias[:D]).view(B, -1, nh, hs).transpose(1, 2)
+        return (q @ k.transpose(-2, -1) / hs ** 0.5).softmax(-1).mean(1)
+
+    with torch.no_grad():
+        per_layer = torch.stack([by_hand(b.cross_attn, x) for b, x in zip(blocks, inputs)])  # (L, B, T, N)
+    assert len(blocks) > 1 and T == model.n_attr + 1
+    assert not torch.allclose(per_layer[-1], per_layer.mean(0))  # so that "last" and "all" are told apart
+    for layers, expected in (("last", per_layer[-1]), ("all", per_layer.mean(0))):
         maps = sample.attention_maps(model, images, pred, layers)
-        assert maps.shape[2:] == (4, 4)
-        # the class token is dropped, so each map sums to at most 1, and to exactly 1 with it
-        assert (maps.sum((2, 3)) <= 1 + 1e-5).all() and (maps > 0).all()
+        torch.testing.assert_close(maps, expected[:, :, 1:].reshape(B, T, 4, 4), rtol=1e-5, atol=1e-6)
 
 
 def test_errors(tmp_path):
