@@ -30,7 +30,7 @@ demo:
 	@start=$$(date +%s); $(MAKE) --no-print-directory $(RUN_STAMP) || exit 1; installed=$$(date +%s); \
 	test -f data/synth/labels.csv || $(PY) synth.py || exit 1; drawn=$$(date +%s); \
 	$(PY) train.py --dataset=synth --out_dir=out/demo --overwrite=True || exit 1; trained=$$(date +%s); \
-	$(PY) sample.py $(DEMO_IMAGES) --ckpt=out/demo/ckpt.pt --out=out/demo/samples --attention=True || exit 1; \
+	$(PY) sample.py $(DEMO_IMAGES) --ckpt=out/demo/ckpt.pt --out_dir=out/demo/samples --attention=True || exit 1; \
 	end=$$(date +%s); \
 	echo "make demo took $$((end - start)) s: install $$((installed - start)) s, drawing the set" \
 	     "$$((drawn - installed)) s, train.py $$((trained - drawn)) s (its time: line splits training and evaluation)," \

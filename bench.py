@@ -2,8 +2,8 @@
 Speed of SequencePAR, measured side by side in one run, so the ratios hold whatever the machine.
 
     python bench.py                                  # a small config on the CPU (what `make bench` runs)
-    python bench.py --clip=ViT-L/14 --batch=8        # the paper's encoder, random weights, nothing downloaded
-    python bench.py --clip=ViT-B/16 --device=cuda --dtype=bf16 --compile=True --batch=64
+    python bench.py --clip=ViT-L/14 --batch_size=8   # the paper's encoder, random weights, nothing downloaded
+    python bench.py --clip=ViT-B/16 --device=cuda --dtype=bf16 --compile=True --batch_size=64
     python bench.py --train=True                     # where the demo's training time goes
 
 What it prints, in images/s:
@@ -31,55 +31,57 @@ backward alone.
 import dataclasses
 import os
 import tempfile
-import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+import cli
 import clip
 import train
 from checkpoint import resolve_device
 import synth
-from data import PROMPTS, PARImages, augment, crop_pad, load_dataset, load_images
+from data import PROMPTS, load_dataset
+from pixels import PARImages, augment, crop_pad, load_images
 from decoder import BOS, EOS, N_SPECIAL, DecoderConfig, SequencePAR, labels_to_targets, targets_to_labels
 
 PROMPTS_35 = list(PROMPTS.values())[:35]  # PETA's 35 prompts, in sequence order
 # a ViT-B/16-like encoder cut to 8 layers of 512, with the released models' ratio of joint width to ViT width
 SMALL = clip.CLIPConfig(embed_dim=384, image_resolution=224, vision_layers=8, vision_width=512, vision_heads=8,
                         vision_patch_size=16, transformer_width=384, transformer_heads=6, transformer_layers=4)
-# the options and their defaults, what each expects (--help prints it, a bad value's error says it), and the checks
-# of their values beyond the type
-OPTIONS = dict(clip="", device="cpu", dtype="fp32", compile=False, batch=0, repeats=0, threads=0, train=False)
-HELP = dict(clip=f"a released architecture ({', '.join(clip.available_models())}); empty: the small config",
-            device="cpu, cuda, cuda:N or auto", dtype="fp32, or bf16 (autocast)", compile="True or False",
-            batch="a positive number of images (by default 8, or the demo's 64 with --train=True)",
-            repeats="a number of timed runs (0: 3, or 1 for a released model)",
-            threads="a number of CPU threads (0: torch's default)", train="True: the demo's training (see above)")
-CHECKS = dict(clip=lambda v: v in ("", *clip.available_models()), dtype=lambda v: v in ("fp32", "bf16"),
-              batch=lambda v: v > 0)
+
+
+@dataclass
+class BenchConfig:
+    clip: str = ""                # a released architecture (random weights) or tiny (the demo's CLIP); "": SMALL
+    device: str = "cpu"           # cpu, cuda, cuda:N or auto
+    dtype: str = "fp32"           # or bf16: every forward pass under bf16 autocast, as train.py on CUDA
+    compile: bool = False         # compile the image encoder (inference) or the whole model (training step)
+    batch_size: int = 0           # images per call; 0: 8, or the demo's 64 with --train=True
+    repeats: int = 0              # timed runs, the best one counts; 0: 3, or 1 for a released model
+    threads: int = 0              # CPU threads; 0: torch's default
+    train: bool = False           # the demo's training step instead (see above)
+    RENAMED = dict(batch="it is --batch_size now")
 
 
 def parse_args(argv):
-    opts = dict(OPTIONS)
-    for arg in argv:
-        key, eq, text = arg[2:].partition("=")
-        if not arg.startswith("--") or key not in opts or not eq:
-            raise ValueError(f"bad option {arg!r}; options: {', '.join('--' + k for k in opts)} "
-                             f"(python bench.py --help)")
-        kind = type(OPTIONS[key])
-        value = text if kind is str else {"True": True, "False": False}.get(text) if kind is bool else (
-            int(text) if text.isdigit() else None)
-        if value is None or not CHECKS.get(key, lambda v: True)(value):
-            raise ValueError(f"--{key}={text}: expected {HELP[key]}")
-        opts[key] = value
-    opts["device"] = resolve_device(opts["device"])
-    if opts["train"] and opts["clip"]:
-        raise ValueError(f"--train=True measures the demo's tiny CLIP; leave out --clip={opts['clip']}")
-    opts["repeats"] = opts["repeats"] or (1 if opts["clip"] else 3)
-    opts["batch"] = opts["batch"] or (train.PRESETS["synth"]["batch_size"] if opts["train"] else 8)
-    return opts
+    opts = cli.parse(argv, BenchConfig)
+    for name, ok, expected in (
+            ("clip", opts.clip in ("", "tiny", *clip.available_models()),
+             f"a released architecture ({', '.join(clip.available_models())}), tiny, or nothing for the small config"),
+            ("dtype", opts.dtype in ("fp32", "bf16"), "fp32, or bf16 (autocast)"),
+            ("batch_size", opts.batch_size >= 0, "a positive number of images, or 0 for the default"),
+            ("repeats", opts.repeats >= 0, "a number of timed runs, or 0 for the default"),
+            ("threads", opts.threads >= 0, "a number of CPU threads, or 0 for torch's default")):
+        if not ok:
+            raise ValueError(f"--{name}={getattr(opts, name)}: expected {expected}")
+    if opts.train and opts.clip:
+        raise ValueError(f"--train=True measures the demo's tiny CLIP; leave out --clip={opts.clip}")
+    return dataclasses.replace(opts, device=resolve_device(opts.device),
+                               repeats=opts.repeats or (1 if opts.clip not in ("", "tiny") else 3),
+                               batch_size=opts.batch_size or (train.PRESETS["synth"]["batch_size"] if opts.train else 8))
 
 
 def encoder_flops(c, batch):
@@ -119,10 +121,10 @@ def uncached_generate(model, images, official=False):
 def setting(opts):
     """Where the run happens, for the header line, and the context every forward pass runs in: bf16 autocast as
     train.py uses it on CUDA (on the CPU the same, through the CPU's autocast), or nothing."""
-    device = opts["device"]
+    device = opts.device
     where = torch.cuda.get_device_name(device) if device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
-    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if opts["dtype"] == "bf16" else nullcontext()
+    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if opts.dtype == "bf16" else nullcontext()
     return where, ctx
 
 
@@ -141,18 +143,18 @@ def timed(fn, repeats, cuda):
 
 
 def run(model, opts, compare):
-    """Prints every measurement for a model in eval mode on opts["device"]; compare: time the uncached loops too."""
-    B, reps, device = opts["batch"], opts["repeats"], opts["device"]
+    """Prints every measurement for a model in eval mode on opts.device; compare: time the uncached loops too."""
+    B, reps, device = opts.batch_size, opts.repeats, opts.device
     cuda, c, A = device.startswith("cuda"), model.clip.config, model.n_attr
     where, ctx = setting(opts)
     torch.manual_seed(0)
     images = torch.randn(B, 3, c.image_resolution, c.image_resolution, device=device)
-    if opts["compile"]:
+    if opts.compile:
         model.clip.visual.compile()
     grid = c.image_resolution // c.vision_patch_size
-    print(f"{where}; {opts['clip'] or 'small config'}: ViT {c.vision_layers} x {c.vision_width} at "
+    print(f"{where}; {opts.clip or 'small config'}: ViT {c.vision_layers} x {c.vision_width} at "
           f"{c.image_resolution} px ({grid ** 2 + 1} image tokens), decoder {model.config.n_layer} x {c.embed_dim}, "
-          f"A = {A}; batch {B}, {opts['dtype']}{', compiled' if opts['compile'] else ''}; best of {reps} after a "
+          f"A = {A}; batch {B}, {opts.dtype}{', compiled' if opts.compile else ''}; best of {reps} after a "
           f"warm-up")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -196,7 +198,7 @@ def run(model, opts, compare):
     model.train()
     targets = labels_to_targets((torch.rand(B, A, device=device) < 0.3).to(torch.uint8))
     optimizer, _ = train.configure_optimizer(model, train.TrainConfig())  # the paper's AdamW settings
-    step_model = torch.compile(model) if opts["compile"] else model
+    step_model = torch.compile(model) if opts.compile else model
 
     def train_step():
         with ctx:
@@ -216,7 +218,7 @@ def run(model, opts, compare):
 
 def run_training(opts):
     """The demo's training, piece by piece: input pipelines, then training steps with and without the decoder."""
-    B, reps, device = opts["batch"], opts["repeats"], opts["device"]
+    B, reps, device = opts.batch_size, opts.repeats, opts.device
     cuda = device.startswith("cuda")
     cfg = train.parse_config(["--dataset=synth"])  # the demo's preset
     size = train.TINY_CLIP.image_resolution
@@ -228,7 +230,7 @@ def run_training(opts):
         where, ctx = setting(opts)
         print(f"{where}; the demo: tiny CLIP (ViT {train.TINY_CLIP.vision_layers} x {train.TINY_CLIP.vision_width} at "
               f"{size} px), decoder {cfg.n_layer} x {train.TINY_CLIP.embed_dim}, A = {len(data.attr_names)}; batch "
-              f"{B}, {opts['dtype']}{', compiled' if opts['compile'] else ''}; best of {reps} after a warm-up")
+              f"{B}, {opts.dtype}{', compiled' if opts.compile else ''}; best of {reps} after a warm-up")
         # the input: a batch through the PIL transforms (what one DataLoader worker does), and from preloaded pixels
         images = PARImages(data, train_idx[:B], size, train=True)
         t_pil, _ = timed(lambda: torch.stack([images[i][0] for i in range(B)]), reps, False)
@@ -265,7 +267,7 @@ def run_training(opts):
                                      targets), ("encoder", baseline, encoder_only, None)):
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-        step_fn = torch.compile(loss_fn) if opts["compile"] else loss_fn
+        step_fn = torch.compile(loss_fn) if opts.compile else loss_fn
 
         def train_step():
             with ctx:
@@ -286,25 +288,17 @@ def run_training(opts):
 
 
 def main(argv):
-    if "--help" in argv or "-h" in argv:
-        print(__doc__.strip() + "\n\noptions (--key=value):\n" + "\n".join(
-            f"  --{k}={v}".ljust(24) + HELP[k] for k, v in OPTIONS.items()))
-        return
     opts = parse_args(argv)
-    if opts["threads"]:
-        torch.set_num_threads(opts["threads"])
-    if opts["train"]:
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.train:
         return run_training(opts)
     torch.manual_seed(0)
-    config = clip.config(opts["clip"]) if opts["clip"] else SMALL
+    config = train.TINY_CLIP if opts.clip == "tiny" else clip.config(opts.clip) if opts.clip else SMALL
     model = SequencePAR(clip.CLIP(config), PROMPTS_35, DecoderConfig(n_layer=6, n_head=8))
     # the uncached loops on the small config in fp32 only (see the docstring)
-    run(model.to(opts["device"]).eval(), opts, compare=not opts["clip"] and opts["dtype"] == "fp32")
+    run(model.to(opts.device).eval(), opts, compare=opts.clip in ("", "tiny") and opts.dtype == "fp32")
 
 
 if __name__ == "__main__":
-    sys.stdout.reconfigure(line_buffering=True)
-    try:
-        main(sys.argv[1:])
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    cli.run(main, BenchConfig, __doc__)

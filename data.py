@@ -1,34 +1,30 @@
 """
-Pedestrian attribute datasets: readers for the files as their owners distribute them, the image transform, and a
-torch Dataset. The synthetic set of the demo is drawn by synth.py and read here like any csv folder.
+Pedestrian attribute datasets, read from the files as their owners distribute them: PETA, PA100K, RAPv1, RAPv2,
+WIDER, the zero-shot splits and any dataset pickle in their layout, and a folder with a labels.csv (the synthetic set
+of the demo, drawn by synth.py, is one). How the images then reach the model is pixels.py's part.
 
 Every reader returns the same small record (PARData): N image paths, an (N, A) uint8 label matrix in {0, 1}, the
 A attribute names in dataset column order (the order of the target sequence), one prompt sentence per attribute,
-and the split index arrays. Run `python data.py <name> [--root=...]` to check a download before training.
+and the split index arrays. `python data.py --dataset=peta [--root=DIR]` checks a download before training.
+
 Shapes: N images, A attributes.
 """
 import csv
 import functools
-import hashlib
 import io
-import multiprocessing
 import os
 import pickle
 import re
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.io
-import torch
-import torchvision.transforms as T
-from PIL import Image, ImageOps
 
+import cli
 import synth
-from checkpoint import save_atomic
-from clip import MEAN, STD, CLIPConfig
+from clip import CLIPConfig
+from pixels import check_images
 from tokenizer import tokenize
 
 
@@ -414,168 +410,6 @@ def load_dataset(name, root=None, *, pkl=None, images=None, partition=0):
     return data
 
 # -----------------------------------------------------------------------------
-# images: pad to square, resize, augment as the paper does, and the torch Dataset
-
-
-class PadToSquare:
-    # centres the image on a black square, so that resizing keeps the person's aspect ratio
-
-    def __call__(self, img):
-        w, h = img.size
-        if w == h and img.mode == "RGB":  # already square: nothing to pad
-            return img
-        out = Image.new("RGB", (max(w, h), max(w, h)))
-        out.paste(img, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
-        return out
-
-
-def crop_pad(size):
-    return max(1, round(10 * size / 224))  # the paper's Pad(10) is for 224 px; we keep its share of small images
-
-
-def build_transform(size, train):
-    """PIL image -> (3, size, size) float: pad to square, resize, for training Pad + RandomCrop + flip, CLIP's stats."""
-    ops = [PadToSquare(), T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)]
-    if train:  # no attribute here is left/right-specific, so a flip keeps every label true
-        ops += [T.Pad(crop_pad(size)), T.RandomCrop(size), T.RandomHorizontalFlip()]
-    return T.Compose(ops + [T.ToTensor(), T.Normalize(MEAN, STD)])
-
-
-def _eight_bit(img):
-    # 16-bit and 32-bit images hold values far above 255; Pillow's convert() would clip them (a 16-bit photo becomes
-    # almost white), so we scale them by their real range first
-    if img.mode.startswith("I;16") or img.mode == "I":
-        x = np.asarray(img, dtype=np.float64)
-        top = 65535 if img.mode.startswith("I;16") or x.max() > 255 else 255  # "I" holds 16-bit files too
-        return Image.fromarray(np.clip(x * 255 / top + 0.5, 0, 255).astype(np.uint8))
-    if img.mode == "F":  # floating point: [0, 1] by convention
-        x = np.asarray(img, dtype=np.float64)
-        return Image.fromarray(np.clip(x * (255 if x.max() <= 1 else 1) + 0.5, 0, 255).astype(np.uint8))
-    return img
-
-
-def read_image(path):
-    """The image at `path` in RGB, as a viewer shows it: EXIF orientation applied (a phone's portrait photo is upright),
-    the first frame of an animation, 16-bit and float images scaled by their real range. An unreadable file, or one
-    over Pillow's pixel limit (a decompression bomb), raises a one-line ValueError naming it."""
-    try:
-        with Image.open(path) as img:
-            img.seek(0)
-            return _eight_bit(ImageOps.exif_transpose(img)).convert("RGB")  # grey, palette, RGBA, CMYK all become RGB
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
-
-
-def check_images(paths, decode=False):
-    """Raises one line naming the first missing (or, with decode, unreadable) images and their count. A stat per file
-    takes about a second for 100,000 images, so a run checks all of them before it starts."""
-    bad = []
-    for i, p in enumerate(paths):
-        if decode:
-            if i % 1000 == 0:
-                print(f"\rreading images: {i}/{len(paths)}", end="", file=sys.stderr, flush=True)
-            try:
-                read_image(p)
-            except (FileNotFoundError, ValueError) as e:
-                bad.append(f"{p} ({e})" if os.path.exists(p) else p)
-        elif not os.path.isfile(p):
-            bad.append(p)
-    if decode:
-        print(f"\rreading images: {len(paths)}/{len(paths)}", file=sys.stderr)
-    if bad:
-        raise FileNotFoundError(f"{len(bad)} of {len(paths)} images are {'missing or unreadable' if decode else 'missing'}: "
-                                + ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else ""))
-
-
-class PARImages(torch.utils.data.Dataset):
-    """(image (3, size, size) float, labels (A,) uint8) for the images `indices` of a PARData."""
-
-    def __init__(self, data, indices, size, train):
-        self.paths = [data.image_paths[i] for i in indices]
-        self.labels = torch.from_numpy(data.labels[np.asarray(indices, dtype=np.int64)])
-        self.transform = build_transform(size, train)
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        return self.transform(read_image(self.paths[i])), self.labels[i]
-
-
-# -----------------------------------------------------------------------------
-# the same images as one tensor, for a set that fits in memory: decoded once, augmented on whole batches
-
-
-def _square(job):
-    path, size = job  # the transform's deterministic part: pad to square and resize, kept as 8-bit pixels
-    img = T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)(PadToSquare()(read_image(path)))
-    return np.asarray(img).transpose(2, 0, 1).copy()  # (3, size, size) uint8
-
-
-def cache_folder():
-    # ours, outside any dataset (which may be shared or read-only): $XDG_CACHE_HOME/sequencepar or ~/.cache/sequencepar
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache")), "sequencepar")
-
-
-def _quiet_worker():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to report, once
-
-
-def load_images(paths, size, folder=None):
-    """All images as one uint8 tensor (N, 3, size, size), padded to square and resized exactly as build_transform
-    does: decoded once, in parallel, and kept in a cache file of ours (in cache_folder() unless `folder` is given),
-    named by the images' paths and the size, and rebuilt when any image's size or time changes. A cache that cannot be
-    written is not an error: the images then stay in memory only."""
-    real = [os.path.realpath(p) for p in paths]
-    key = hashlib.sha1(("\n".join(real) + f"\n{size}").encode()).hexdigest()[:16]
-    stamp = hashlib.sha1("".join(f"{os.stat(p).st_size}\t{os.stat(p).st_mtime_ns}\n" for p in real).encode()).hexdigest()
-    cache = os.path.join(folder or cache_folder(), f"images-{size}px-{key}.pt")
-    if os.path.exists(cache):
-        try:
-            saved = torch.load(cache, weights_only=True)
-            if saved["stamp"] == stamp and saved["images"].shape == (len(paths), 3, size, size):
-                return saved["images"]
-        except Exception:  # a cache we cannot read is simply rebuilt
-            pass
-    print(f"decoding {len(paths)} images (once; kept in {cache}) ...", end=" ", flush=True)
-    t0 = time.time()
-    try:
-        with multiprocessing.Pool(os.cpu_count(), initializer=_quiet_worker) as pool:
-            images = torch.from_numpy(np.stack(pool.map(_square, [(p, size) for p in paths], chunksize=256)))
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt("\ninterrupted while decoding the images; nothing was kept") from None
-    print(f"done in {time.time() - t0:.0f} s")
-    try:
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        # (a temporary name of this process's: two runs may decode the same set at once)
-        save_atomic(cache, lambda f: torch.save(dict(stamp=stamp, images=images), f), tmp=f"{cache}.{os.getpid()}.tmp")
-    except OSError as e:
-        print(f"note: the decoded images stay in memory only: {e}")
-    return images
-
-
-def normalize(x):
-    # uint8 (B, 3, S, S) -> CLIP's statistics, as ToTensor + Normalize do
-    mean, std = torch.tensor(MEAN, device=x.device), torch.tensor(STD, device=x.device)
-    return (x.float() / 255 - mean[:, None, None]) / std[:, None, None]
-
-
-def augment(x, pad, shifts=None, flips=None):
-    """The training transform's random part on a batch of uint8 images (B, 3, S, S): Pad(pad) with black, a random
-    S x S crop and a random horizontal flip, as in build_transform, then normalize. shifts (B, 2) (top, left) and
-    flips (B,) bool may be given; by default they are drawn from torch's generator."""
-    B, _, S, _ = x.shape
-    shifts = torch.randint(0, 2 * pad + 1, (B, 2)) if shifts is None else shifts
-    flips = torch.rand(B) < 0.5 if flips is None else flips
-    x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    rows = (shifts[:, 0, None] + torch.arange(S))[:, None, :, None]  # (B, 1, S, 1)
-    cols = shifts[:, 1, None] + torch.arange(S)  # (B, S)
-    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, None, :]  # (B, 1, 1, S)
-    return normalize(x[torch.arange(B)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols])
-
-# -----------------------------------------------------------------------------
 
 
 def label_warnings(data, selection):
@@ -614,35 +448,35 @@ def summary(name, data):
     return "\n".join(lines + [f"first image: {data.image_paths[0] if n else '-'}"])
 
 
-USAGE = ("usage: python data.py <name> [--root=DIR] [--pkl=FILE --images=SUBDIR] [--partition=K] [--decode=True]: "
-         "reads the dataset, prints its attributes, splits and positive rates, and checks that every image is there "
-         f"(with --decode=True, that each one opens); names: {', '.join(DATASETS)} (to draw the synthetic set anew: "
-         "python synth.py)")
+@dataclass
+class DataConfig:
+    dataset: str = ""             # one of the names below
+    root: str = ""                # "" reads data/<dataset>
+    pkl: str = ""                 # a dataset pickle under root (pkl: "" takes the only one there)
+    images: str = ""              # the pickle datasets' image folder under root ("" is the dataset's default)
+    partition: int = 0            # which of a dataset's random partitions (PETA, RAP and the pickles have several)
+    decode: bool = False          # open every image, not only check that it is there
+    PATHS = ("root", "pkl", "images")
+    RENAMED = {k: "the synthetic set is drawn by python synth.py [--root=data/synth] [--n=40000] [--seed=0]"
+               for k in ("n", "seed")}
+
+
+EPILOG = (f"Reads the dataset, prints its attributes, splits and positive rates, and checks that every image is there. "
+          f"Datasets: {', '.join(DATASETS)} (python synth.py draws the synthetic set anew).")
 
 
 def main(argv):
-    if "--help" in argv or "-h" in argv:
-        print(USAGE)
-        return
-    names = [x for x in argv if not x.startswith("--")]
-    opts = dict(x[2:].partition("=")[::2] for x in argv if x.startswith("--"))
-    decode = opts.pop("decode", "False")
-    if len(names) != 1 or set(opts) - {"root", "pkl", "images", "partition"} or not all(opts.values()) or \
-            not opts.get("partition", "0").isdigit() or decode not in ("True", "False"):
-        raise ValueError(f"{USAGE}; got {' '.join(argv) or 'nothing'}")
-    data = load_dataset(names[0], opts.get("root"), pkl=opts.get("pkl"), images=opts.get("images"),
-                        partition=int(opts.get("partition", 0)))
-    print(summary(names[0], data), flush=True)
-    check_images(data.image_paths, decode=decode == "True")
-    print(f"all {len(data.image_paths)} images are there" + (" and open" if decode == "True" else ""))
+    names = [a for a in argv if not a.startswith("--")]
+    if names:
+        raise ValueError(f"python data.py {names[0]}: the dataset is an option, --dataset={names[0]}")
+    cfg = cli.parse(argv, DataConfig)
+    if not cfg.dataset:
+        raise ValueError(f"--dataset: which one? expected one of {', '.join(DATASETS)}")
+    data = load_dataset(cfg.dataset, cfg.root or None, pkl=cfg.pkl, images=cfg.images, partition=cfg.partition)
+    print(summary(cfg.dataset, data), flush=True)
+    check_images(data.image_paths, decode=cfg.decode)
+    print(f"all {len(data.image_paths)} images are there" + (" and open" if cfg.decode else ""))
 
 
 if __name__ == "__main__":
-    sys.stdout.reconfigure(line_buffering=True)
-    try:
-        main(sys.argv[1:])
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    cli.run(main, DataConfig, __doc__, EPILOG)

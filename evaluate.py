@@ -1,26 +1,35 @@
 """
-Scoring SequencePAR: the standard PAR metrics, per attribute too, the decoding of a whole split, and what a paper
-table or an analysis starts from: the predictions as CSV, the attribute similarity matrix and a gallery of failures.
-`python train.py --eval_only=True` runs evaluate_only, which writes them; every training run ends with write_reports.
+Score a checkpoint of train.py on a split of its dataset.
+
+    python evaluate.py --ckpt=out/ckpt.pt                 # the test split of the dataset it was trained on
+    python evaluate.py --ckpt=out/ckpt.pt --split=val --beam_size=3
+
+Prints the standard PAR metrics, how the generated sequences end, and a table per attribute, and writes beside the
+checkpoint (or in --out_dir) what a paper table or an analysis starts from: metrics_<split>.json, every prediction in
+predictions_<split>.csv, the attribute tokens' similarity matrix as similarity.png and similarity.csv (SequencePAR's;
+the linear head has no attribute tokens) and the images it gets most wrong in failures_<split>.png. Every training
+run ends with the same `evaluate` on its test split.
 
 Shapes: N images, A attributes.
 """
 import csv
-import dataclasses
 import io
 import json
 import os
 import subprocess
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+import cli
 from checkpoint import check_attributes, load_checkpoint, model_from_checkpoint, resolve_device, save_atomic
-from data import PARImages, check_images, load_dataset, read_image
+from data import load_dataset
 from decoder import N_SPECIAL, SequencePAR
+from pixels import PARImages, check_images, read_image
 from run import hold_folder
 
 
@@ -184,7 +193,7 @@ def failures_figure(images, names, gt, pred, scores, height=160, per_row=4):
     return sheet
 
 # -----------------------------------------------------------------------------
-# --eval_only=True, and the reports every run writes
+# the files of an evaluation
 
 
 def git_commit():
@@ -195,67 +204,104 @@ def git_commit():
         return None
 
 
-def write_reports(cfg, data, split, ckpt_path, step, pred, scores, gt, **extra):
-    """out_dir/metrics_<split>.json (overall, the sequence view, per attribute, and where they come from) and
-    out_dir/predictions_<split>.csv, both written atomically."""
-    indices = data.splits[split]
-    result = dict(checkpoint=ckpt_path, step=step, dataset=cfg.dataset, split=split, beam_size=cfg.beam_size,
-                  images=len(indices), commit=git_commit(), overall=metrics(gt, pred), sequence=sequence_stats(gt, pred),
-                  attributes=dict(zip(data.attr_names, attribute_metrics(gt, pred))), **one_sided(data.attr_names, gt),
-                  **extra)
-    path = os.path.join(cfg.out_dir, f"metrics_{split}.json")
-    save_atomic(path, lambda f: f.write(json.dumps(result, indent=1).encode()))
-    table = predictions_csv([data.image_paths[i] for i in indices], data.attr_names, pred, scores, gt)
-    save_atomic(os.path.join(cfg.out_dir, f"predictions_{split}.csv"), lambda f: f.write(table.encode()))
-    return path
+def save_text(path, text):
+    save_atomic(path, lambda f: f.write(text.encode()))
 
 
 def save_picture(img, path):
     save_atomic(path, lambda f: img.save(f, format="PNG"))
 
 
-def evaluate_only(cfg, given=()):
-    """--eval_only=True: a checkpoint scored on one split, its reports and the two analysis figures; nothing trained.
-    Without --dataset among the options `given` on the command line, the dataset is the one it was trained on."""
+def evaluate(model, data, split, batches, out_dir, source, device="cpu", ctx=nullcontext(), beam_size=1, pictures=16,
+             log=print, title=None):
+    """Decodes a split's batches, prints the report (under `title`, by default the checkpoint and its step) and writes
+    the files of an evaluation into out_dir, each one atomically; `source` (the checkpoint, its step, the dataset's
+    name) goes into metrics_<split>.json. Returns the overall metrics."""
+    pred, scores, gt = predict(model, batches, device, ctx, beam_size)
+    indices, names = data.splits[split], data.attr_names
+    title = title or f"{source['checkpoint']}, step {source['step']}"
+    log(f"{split} ({title}, {len(indices)} images): " + report(names, gt, pred))
+    written = [f"metrics_{split}.json", f"predictions_{split}.csv"]
+    if isinstance(model, SequencePAR):  # its attribute tokens; the linear head has none
+        with torch.no_grad():
+            picture, sim = similarity_figure(names, model.token_table()[N_SPECIAL:])
+        save_picture(picture, os.path.join(out_dir, "similarity.png"))
+        rows = [["attribute"] + names] + [[n] + [f"{v:.6f}" for v in r] for n, r in zip(names, sim)]
+        save_text(os.path.join(out_dir, "similarity.csv"), "".join(",".join(r) + "\n" for r in rows))
+        written += ["similarity.png", "similarity.csv"]
+    worst, errors = worst_images(gt, pred, pictures)
+    if worst:
+        gallery = failures_figure([(read_image(data.image_paths[indices[i]]), i) for i in worst], names, gt, pred,
+                                  scores)
+        save_picture(gallery, os.path.join(out_dir, f"failures_{split}.png"))
+        written.append(f"failures_{split}.png")
+    result = dict(**source, split=split, beam_size=beam_size, images=len(indices), commit=git_commit(),
+                  overall=metrics(gt, pred), sequence=sequence_stats(gt, pred),
+                  attributes=dict(zip(names, attribute_metrics(gt, pred))), **one_sided(names, gt),
+                  failures=[dict(image=data.image_paths[indices[i]], errors=e) for i, e in zip(worst, errors)])
+    save_text(os.path.join(out_dir, f"metrics_{split}.json"), json.dumps(result, indent=1))
+    save_text(os.path.join(out_dir, f"predictions_{split}.csv"),
+              predictions_csv([data.image_paths[i] for i in indices], names, pred, scores, gt))
+    log(f"wrote {', '.join(written)} in {out_dir}")
+    return result["overall"]
+
+# -----------------------------------------------------------------------------
+# python evaluate.py
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = "out/ckpt.pt"     # a checkpoint of train.py
+    split: str = "test"           # train, val or test
+    out_dir: str = ""             # where the files go; "" is the checkpoint's folder
+    # the dataset: by default the one the checkpoint was trained on, read from where it was read then
+    dataset: str = ""
+    root: str = ""
+    pkl: str = ""
+    images: str = ""
+    partition: int = 0
+    beam_size: int = 1            # 1: greedy decoding
+    batch_size: int = 64
+    workers: int = 4              # DataLoader processes
+    pictures: int = 16            # images in the gallery of failures (0: no gallery)
+    device: str = "auto"          # cuda when there is one
+    PATHS = ("ckpt", "out_dir", "root", "pkl", "images")
+
+
+def main(argv):
+    given = cli.parse_overrides(argv, EvalConfig)
+    cfg = EvalConfig(**given)
+    for name, ok, expected in (("split", cfg.split in ("train", "val", "test"), "train, val or test"),
+                               ("beam_size", cfg.beam_size >= 1, "1 (greedy) or more"),
+                               ("batch_size", cfg.batch_size >= 1, "1 or more"), ("workers", cfg.workers >= 0, "0 or more"),
+                               ("pictures", cfg.pictures >= 0, "0 or more"), ("partition", cfg.partition >= 0, "0 or more")):
+        if not ok:
+            raise ValueError(f"--{name}={getattr(cfg, name)}: expected {expected}")
     if int(os.environ.get("RANK", -1)) != -1:
-        raise ValueError("--eval_only=True runs in one process: start it with python, not torchrun")
+        raise ValueError("evaluate.py runs in one process: start it with python, not torchrun")
     device = resolve_device(cfg.device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
-    path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt = load_checkpoint(path)
-    if "dataset" not in given:  # the dataset it was trained on, where it was read from
-        cfg = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ("dataset", "root", "pkl", "images",
-                                                                        "partition") if k not in given})
-    hold_folder(cfg.out_dir)
-    data = load_dataset(cfg.dataset, cfg.root or None, pkl=cfg.pkl, images=cfg.images, partition=cfg.partition)
-    check_attributes(ckpt, path, data.attr_names, f"evaluate it on the dataset it was trained on ({ckpt['dataset']})")
+    ckpt = load_checkpoint(cfg.ckpt)
+    source = {k: ckpt["config"][k] for k in ("dataset", "root", "pkl", "images", "partition")}
+    if "dataset" in given:  # another dataset: what is not given is its default
+        source = {k: getattr(EvalConfig, k) for k in source}
+    dataset = {**source, **{k: v for k, v in given.items() if k in source}}
+    out_dir = cfg.out_dir or os.path.dirname(os.path.abspath(cfg.ckpt))
+    hold_folder(out_dir)
+    data = load_dataset(dataset["dataset"], dataset["root"] or None, pkl=dataset["pkl"], images=dataset["images"],
+                        partition=dataset["partition"])
+    check_attributes(ckpt, cfg.ckpt, data.attr_names, f"evaluate it on the dataset it was trained on ({ckpt['dataset']})")
     if len(data.splits.get(cfg.split, [])) == 0:
-        raise ValueError(f"{cfg.dataset} has no {cfg.split} split; its splits: {', '.join(data.splits)}")
-    indices = data.splits[cfg.split]
-    check_images([data.image_paths[i] for i in indices])
-    model = model_from_checkpoint(ckpt, path).to(device)
-    size = model.clip.config.image_resolution
-    batches = torch.utils.data.DataLoader(PARImages(data, indices, size, train=False), 2 * cfg.batch_size,
-                                          num_workers=cfg.workers)
-    print(f"scoring {path} (step {ckpt['step']}) on {cfg.dataset} {cfg.split}: {len(indices)} images, "
-          f"beam size {cfg.beam_size}")
-    pred, scores, gt = predict(model, batches, device, ctx, cfg.beam_size)
-    print(f"{cfg.split}: " + report(data.attr_names, gt, pred))
-    tokens = isinstance(model, SequencePAR)  # SequencePAR's attribute tokens; the linear head has none
-    if tokens:
-        with torch.no_grad():
-            picture, sim = similarity_figure(data.attr_names, model.token_table()[N_SPECIAL:])
-        save_picture(picture, os.path.join(cfg.out_dir, "similarity.png"))
-        rows = [["attribute"] + data.attr_names] + [[n] + [f"{v:.6f}" for v in r] for n, r in zip(data.attr_names, sim)]
-        save_atomic(os.path.join(cfg.out_dir, "similarity.csv"),
-                    lambda f: f.write("".join(",".join(r) + "\n" for r in rows).encode()))
-    worst, errors = worst_images(gt, pred, cfg.pictures)
-    if worst:
-        gallery = failures_figure([(read_image(data.image_paths[indices[i]]), i) for i in worst], data.attr_names, gt,
-                                  pred, scores)
-        save_picture(gallery, os.path.join(cfg.out_dir, f"failures_{cfg.split}.png"))
-    failures = [dict(image=data.image_paths[indices[i]], errors=e) for i, e in zip(worst, errors)]
-    written = write_reports(cfg, data, cfg.split, path, ckpt["step"], pred, scores, gt, failures=failures)
-    print(f"wrote {written}, predictions_{cfg.split}.csv" + (", similarity.png/.csv" if tokens else "")
-          + (f", failures_{cfg.split}.png" if worst else "") + f" in {cfg.out_dir}")
-    return metrics(gt, pred)
+        raise ValueError(f"{dataset['dataset']} has no {cfg.split} split; its splits: {', '.join(data.splits)}")
+    check_images([data.image_paths[i] for i in data.splits[cfg.split]])
+    model = model_from_checkpoint(ckpt, cfg.ckpt).to(device)
+    print(f"scoring {cfg.ckpt} (step {ckpt['step']}) on {dataset['dataset']} {cfg.split}: "
+          f"{len(data.splits[cfg.split])} images, beam size {cfg.beam_size}")
+    batches = torch.utils.data.DataLoader(PARImages(data, data.splits[cfg.split], model.clip.config.image_resolution,
+                                                    train=False), cfg.batch_size, num_workers=cfg.workers)
+    return evaluate(model, data, cfg.split, batches, out_dir, dict(checkpoint=cfg.ckpt, step=ckpt["step"],
+                    dataset=dataset["dataset"]), device, ctx, cfg.beam_size, cfg.pictures)
+
+
+if __name__ == "__main__":
+    cli.run(main, EvalConfig, __doc__)

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+import cli
 import data as D
 import synth
 from checkpoint import save_atomic
-from train import parse_overrides
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -51,6 +51,7 @@ class ExperimentsConfig:
     seeds: int = 2                # a third seed is added where two disagree by more than the effect they measure
     jobs: int = 2                 # runs side by side, one thread each
     quick: bool = False           # a tiny version: a small set, a few steps, one seed (out_dir out/experiments-quick)
+    PATHS = ("out_dir", "root")
 
 
 EXPERIMENTS = ("heads", "noise", "imbalance", "depth", "beam", "order")
@@ -213,7 +214,7 @@ def train_size(root, is_base):
 def command(cfg, run, base_root):
     out = run_dir(cfg, run.key)
     if run.ckpt:  # beam: decode a trained checkpoint on test
-        return [sys.executable, os.path.join(ROOT, "train.py"), "--eval_only=True", f"--ckpt={run.ckpt}", "--beam_size=3",
+        return [sys.executable, os.path.join(ROOT, "evaluate.py"), f"--ckpt={run.ckpt}", "--beam_size=3",
                 "--dataset=synth", f"--root={base_root}", f"--out_dir={out}", "--split=test", "--pictures=0"], out
     n_train = train_size(run.root, run.root == base_root)
     if n_train < 64:
@@ -439,10 +440,7 @@ def report(cfg, results_path):
 
 
 def main(argv):
-    if "--help" in argv or "-h" in argv:
-        print(__doc__.strip())
-        return 0
-    overrides = parse_overrides(argv, ExperimentsConfig, "experiments.py")
+    overrides = cli.parse_overrides(argv, ExperimentsConfig)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill is a Ctrl-C: the runs save, then we stop
     signal.signal(signal.SIGINT, signal.default_int_handler)  # (also when started in the background, where it is ignored)
     cfg = ExperimentsConfig(**overrides)
@@ -494,16 +492,17 @@ def main(argv):
     md = report(cfg, results_path)
     print(f"wrote {results_path}, {md} and {os.path.join(cfg.out_dir, 'results.png')}")
     if failed:
-        raise RuntimeError(f"{len(failed)} runs failed: {', '.join(failed)}")
+        raise SystemExit(f"error: {len(failed)} runs failed: {', '.join(failed)}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.stdout.reconfigure(line_buffering=True)
+def run_all(argv):
     try:
-        sys.exit(main(sys.argv[1:]))
-    except (ValueError, OSError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+        return main(argv)
     except KeyboardInterrupt:
-        print("interrupted: finished runs are in results.csv; run the same command again to continue", file=sys.stderr)
-        sys.exit(130)
+        raise KeyboardInterrupt("interrupted: finished runs are in results.csv; run the same command again to "
+                                "continue") from None
+
+
+if __name__ == "__main__":
+    cli.run(run_all, ExperimentsConfig, __doc__)

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from checkpoint import RUN_FILE, TMP_NAME, check_attributes, save_atomic, writable_folder
+from checkpoint import RUN_FILE, TMP_NAME, check_attributes, load_checkpoint, save_atomic, writable_folder
 
 RUN_FILES = ("ckpt.pt", "last.pt")  # a folder holding one of these holds a run
 _held = {}  # folder (real path) -> the open file whose lock this process holds, until it exits
@@ -77,6 +77,25 @@ def check_resume(ckpt, path, model, attr_names, prompts, head):
     if changed:
         raise ValueError(f"{path} holds another model: {', '.join(changed)}; resume with the options it was trained "
                          f"with, or use another --out_dir")
+
+
+def resume(path, model, optimizer, data, cfg, eval_split, log=print):
+    """Loads the state of an interrupted run at `path` into model and optimizer, once it is known to be the same model
+    on the same attributes. Returns (step, best mA so far, training time so far, the step last evaluated: -1 for a
+    state a stop signal saved), or None for a run that finished (trained all its steps and was tested)."""
+    ckpt = load_checkpoint(path)
+    check_resume(ckpt, path, model, data.attr_names, data.prompts, cfg.head)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    step, best, elapsed = ckpt["step"], ckpt["best_mA"], ckpt["elapsed"]
+    tested = os.path.join(cfg.out_dir, "metrics_test.json")
+    if step >= cfg.epochs * (len(data.splits["train"]) // cfg.batch_size) and os.path.exists(tested):
+        log(f"{path} is a finished run (step {step}, tested: {tested}); nothing to resume: more --epochs train it "
+            f"further, python evaluate.py --ckpt={os.path.join(cfg.out_dir, 'ckpt.pt')} scores it again")
+        return None
+    log(f"resumed from {path} at step {step} (" + (f"best {eval_split} mA so far {best:.2f})" if best >= 0
+                                                  else "not evaluated yet)"))
+    return step, best, elapsed, step if ckpt.get("metrics") is not None else -1
 
 
 class CSVLog:

@@ -1,29 +1,45 @@
 """
 Predict the attributes of people in photos with a trained SequencePAR checkpoint.
 
-    python sample.py img.jpg [more.jpg a/folder ...] [--ckpt=out/ckpt.pt] [--json] [--out=DIR] [--attention=True]
+    python sample.py img.jpg [more.jpg a/folder ...] [--ckpt=out/ckpt.pt] [--json=True] [--out_dir=DIR]
+    python sample.py img.jpg --attention=True       # where the decoder looked, per attribute, in out/samples
 
-Prints, per image, the attributes the model emits with the probability it gave each. --json prints one JSON
-document instead; --out=DIR writes each image with its attributes beside it; --attention=True also writes, per
-emitted attribute, where the decoder looked: its cross-attention over the image patches (--layers=last or all).
---compile=True compiles the image encoder first (torch.compile): worth it for many images on a GPU.
+Prints, per image, the attributes the model emits with the probability it gave each; one bad image is reported and
+the others go on.
 """
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+import cli
 import clip
 from checkpoint import load_checkpoint, model_from_checkpoint, resolve_device
-from data import build_transform, read_image
+from pixels import build_transform, read_image
 from decoder import SequencePAR, labels_to_targets
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-OPTIONS = dict(ckpt="out/ckpt.pt", json=False, out="", attention=False, layers="last", beam_size=1, batch_size=64,
-               workers=2, device="auto", compile=False)
+
+
+@dataclass
+class SampleConfig:
+    ckpt: str = "out/ckpt.pt"     # a checkpoint of train.py
+    json: bool = False            # one JSON document instead of text
+    out_dir: str = ""             # a folder for each image drawn with its attributes beside it
+    attention: bool = False       # also a picture per image of the decoder's cross-attention over the image patches
+                                  # for each emitted attribute (in out_dir, out/samples by default)
+    layers: str = "last"          # the attention of the last decoder layer, or "all": their mean
+    beam_size: int = 1            # 1: greedy decoding
+    batch_size: int = 64          # images per call of generate
+    workers: int = 2              # DataLoader processes that read the images
+    device: str = "auto"          # cuda when there is one
+    compile: bool = False         # compile the image encoder first (torch.compile): worth it for many images on a GPU
+    PATHS = ("ckpt", "out_dir")
+    RENAMED = dict(out="it is --out_dir now")
 
 
 def load_model(path, device="cpu", compile=False):
@@ -124,75 +140,55 @@ def draw_attention(image, maps, names, tile=128):
     return sheet
 
 
-def usage():
-    return __doc__.strip() + "\n\noptions (--key=value):\n" + "\n".join(f"  --{k}={v}" for k, v in OPTIONS.items())
-
-
 def parse_args(argv):
-    opts, inputs = dict(OPTIONS), []
-    for arg in argv:
-        if not arg.startswith("--"):
-            inputs.append(os.path.expanduser(arg))
-            continue
-        key, eq, text = arg[2:].partition("=")
-        if key not in opts:
-            raise ValueError(f"unknown option --{key}; valid options: {', '.join('--' + k for k in opts)}")
-        if key == "json" and not eq:
-            text = "True"
-        kind = type(OPTIONS[key])
-        value = text if kind is str else {"True": True, "False": False}.get(text) if kind is bool else (
-            int(text) if text.isdigit() else None)
-        if value is None or (key == "layers" and value not in ("last", "all")):
-            raise ValueError(f"--{key}={text}: expected " + ("last or all" if key == "layers" else f"a {kind.__name__}"))
-        opts[key] = os.path.expanduser(value) if key in ("ckpt", "out") else value
+    opts, inputs = cli.parse(argv, SampleConfig, positional=True)
     if not inputs:
         raise ValueError("no images given: python sample.py img.jpg [more images or folders] [--ckpt=out/ckpt.pt]")
-    if opts["batch_size"] < 1 or opts["beam_size"] < 1:
-        raise ValueError(f"--batch_size={opts['batch_size']} --beam_size={opts['beam_size']}: expected 1 or more")
+    if opts.batch_size < 1 or opts.beam_size < 1:
+        raise ValueError(f"--batch_size={opts.batch_size} --beam_size={opts.beam_size}: expected 1 or more")
+    if opts.layers not in ("last", "all"):
+        raise ValueError(f"--layers={opts.layers}: expected last or all")
+    if opts.attention and not opts.out_dir:
+        opts.out_dir = os.path.join("out", "samples")
+    if opts.out_dir and os.path.exists(opts.out_dir) and not os.path.isdir(opts.out_dir):
+        raise ValueError(f"--out_dir={opts.out_dir} is a file; expected a folder for the pictures")
     return opts, inputs
 
 
 def main(argv):
-    if "--help" in argv or "-h" in argv:
-        print(usage())
-        return 0
     opts, inputs = parse_args(argv)
-    device = resolve_device(opts["device"])
-    if opts["attention"] and not opts["out"]:
-        opts["out"] = os.path.join("out", "samples")
-    if opts["out"] and os.path.exists(opts["out"]) and not os.path.isdir(opts["out"]):
-        raise ValueError(f"--out={opts['out']} is a file; expected a folder for the pictures")
-    model, names = load_model(opts["ckpt"], device, opts["compile"])
-    if opts["attention"] and not isinstance(model, SequencePAR):
-        raise ValueError(f"--attention=True: {opts['ckpt']} has the linear head; attention maps need the decoder")
-    paths = find_images(inputs, skip=opts["out"] or None)
+    device = resolve_device(opts.device)
+    model, names = load_model(opts.ckpt, device, opts.compile)
+    if opts.attention and not isinstance(model, SequencePAR):
+        raise ValueError(f"--attention=True: {opts.ckpt} has the linear head; attention maps need the decoder")
+    paths = find_images(inputs, skip=opts.out_dir or None)
     if not paths:
         raise ValueError(f"no images in {', '.join(inputs)} (files ending in {', '.join(IMAGE_EXTENSIONS)})")
     size = model.clip.config.image_resolution
-    loader = torch.utils.data.DataLoader(Images(paths, size), opts["batch_size"], num_workers=opts["workers"],
+    loader = torch.utils.data.DataLoader(Images(paths, size), opts.batch_size, num_workers=opts.workers,
                                          collate_fn=collate)
     results, failed = {}, {}
-    if opts["out"]:
-        os.makedirs(opts["out"], exist_ok=True)
+    if opts.out_dir:
+        os.makedirs(opts.out_dir, exist_ok=True)
     for idx, images, errors in loader:
         failed.update(errors)
         if images is None:
             continue
         images = images.to(device)
-        pred, scores = model.generate(images, beam_size=opts["beam_size"])
-        maps = attention_maps(model, images, pred, opts["layers"]) if opts["attention"] else None
+        pred, scores = model.generate(images, beam_size=opts.beam_size)
+        maps = attention_maps(model, images, pred, opts.layers) if opts.attention else None
         for b, i in enumerate(idx):
             emitted = pred[b].nonzero().flatten().tolist()  # in id order, the order they were generated in
             results[i] = [(names[j], scores[b, j].item()) for j in emitted]
-            if opts["out"]:
-                stem = os.path.join(opts["out"], f"{i:05d}_" + os.path.splitext(os.path.basename(paths[i]))[0])
+            if opts.out_dir:
+                stem = os.path.join(opts.out_dir, f"{i:05d}_" + os.path.splitext(os.path.basename(paths[i]))[0])
                 draw_labels(paths[i], results[i]).save(stem + ".png")
                 if maps is not None:
                     # position k - 1 is where the k-th emitted attribute was chosen
                     shown = images[b].new_tensor(clip.STD)[:, None, None] * images[b] + images[b].new_tensor(clip.MEAN)[:, None, None]
                     shown = Image.fromarray((shown.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy())
                     draw_attention(shown, maps[b, :len(emitted)].cpu(), [names[j] for j in emitted]).save(stem + "_attention.png")
-    if opts["json"]:
+    if opts.json:
         print(json.dumps([dict(image=printable(p), attributes=dict(results[i])) if i in results else
                           dict(image=printable(p), error=failed[i]) for i, p in enumerate(paths)], indent=1))
     else:
@@ -202,21 +198,10 @@ def main(argv):
                       f"{printable(p)}\n  (no attribute)")
     for i in sorted(failed):
         print(f"error: {failed[i]}", file=sys.stderr)
-    if opts["out"]:
-        print(f"pictures written to {opts['out']}/", file=sys.stderr)
+    if opts.out_dir:
+        print(f"pictures written to {opts.out_dir}/", file=sys.stderr)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    # a name or an attribute the terminal cannot show is escaped rather than stopping the printing
-    sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except BrokenPipeError:  # the reader stopped reading (| head): we stop too, without a word
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush would fail again)
-        sys.exit(1)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    cli.run(main, SampleConfig, __doc__)

@@ -18,11 +18,13 @@ import multiprocessing
 import os
 import random
 import shutil
-import sys
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+import cli
 
 ATTRS = ["Female", "AgeLess18", "Age18-60", "AgeOver60", "Front", "Back", "Side", "Hat", "Glasses", "LongHair",
                "Backpack", "HandBag", "ShoulderBag", "ShortSleeve", "LongSleeve", "UpperStripe", "UpperLogo",
@@ -236,29 +238,25 @@ def make_synthetic(root, n, seed, workers=None):
         raise
 
 
-OPTIONS = dict(root=os.path.join("data", "synth"), n=N, seed=0)
+@dataclass
+class SynthConfig:
+    root: str = os.path.join("data", "synth")  # the folder to draw into (an earlier set of ours there is replaced)
+    n: int = N                    # images
+    seed: int = 0
+    PATHS = ("root",)
 
 
 def main(argv):
-    opts = dict(OPTIONS)
-    for arg in argv:
-        key, eq, value = arg[2:].partition("=")
-        if arg in ("-h", "--help"):
-            print(__doc__.strip())
-            return
-        if not arg.startswith("--") or key not in opts or not eq or (key != "root" and not value.isdigit()):
-            raise ValueError(f"bad argument {arg!r}; options: " + ", ".join(f"--{k}={v}" for k, v in OPTIONS.items()))
-        opts[key] = value if key == "root" else int(value)
-    print(f"drawing {opts['n']} images into {opts['root']} ...", flush=True)
-    make_synthetic(opts["root"], opts["n"], opts["seed"])
+    cfg = cli.parse(argv, SynthConfig)
+    if cfg.n < 1:
+        raise ValueError(f"--n={cfg.n}: expected 1 or more images")
+    print(f"drawing {cfg.n} images into {cfg.root} ...", flush=True)
+    try:
+        make_synthetic(cfg.root, cfg.n, cfg.seed)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("interrupted: nothing was kept") from None
     print("done")
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        print("interrupted: nothing was kept", file=sys.stderr)
-        sys.exit(130)
+    cli.run(main, SynthConfig, __doc__)

@@ -9,17 +9,13 @@ Train SequencePAR on a pedestrian attribute dataset.
 
 Every field of TrainConfig can be overridden with --key=value. The run checks its options and its data first, then
 evaluates on the validation split every epoch (on the test split where a dataset has none), keeps the best checkpoint
-in out/ckpt.pt and the latest state in out/last.pt (for --resume=True), and at the end evaluates the selected model on
-the test split once. One run at a time holds out_dir (see run.py). Ctrl-C, SIGTERM or SIGHUP saves out/last.pt at
-the current step; --resume=True continues from there.
+in out/ckpt.pt and the latest state in out/last.pt (for --resume=True), and at the end scores the selected model on
+the test split with evaluate.py's `evaluate`, which writes its reports beside the checkpoint. One run at a time holds
+out_dir (run.py); Ctrl-C, SIGTERM or SIGHUP saves out/last.pt at the current step.
 """
-import ast
 import dataclasses
-import inspect
 import math
 import os
-import re
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,12 +24,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import cli
 import clip
 from checkpoint import load_checkpoint, resolve_device, save_atomic
-from data import PARImages, augment, check_images, crop_pad, label_warnings, load_dataset, load_images, normalize
+from data import label_warnings, load_dataset
 from decoder import DecoderConfig, LinearHead, SequencePAR, labels_to_targets
-from evaluate import evaluate_only, format_metrics, metrics, predict, report, write_reports
-from run import CSVLog, Interrupt, Interrupted, check_resume, prepare_out_dir, worker_init
+from evaluate import evaluate, format_metrics, metrics, predict
+from pixels import EpochBatches, check_images, make_batches
+from run import CSVLog, Interrupt, prepare_out_dir, resume
 
 
 @dataclass
@@ -69,22 +67,22 @@ class TrainConfig:
     beam_size: int = 1
     resume: bool = False          # continue the run in out_dir from its last.pt
     overwrite: bool = False       # start afresh in an out_dir that holds another run, replacing its checkpoints
-    eval_only: bool = False       # score a checkpoint on --split and write its reports; train nothing
-    ckpt: str = ""                # the checkpoint --eval_only scores; "" is out_dir/ckpt.pt
-    split: str = "test"           # the split --eval_only scores
-    pictures: int = 16            # --eval_only: images in the gallery of failures (0: no gallery)
     # system
     device: str = "auto"          # cuda when there is one
     compile: bool = False
     seed: int = 0
-    preset: str = ""              # "synth": the demo's small model and schedule (--dataset=synth picks it by default)
+    preset: str = "auto"          # synth: the demo's small model and schedule; paper: the paper's recipe (the
+                                  # defaults above); auto: synth for --dataset=synth, paper for any other dataset
+    PATHS = ("root", "pkl", "images", "clip", "out_dir")  # the options that name files or folders: ~ is expanded
+    RENAMED = {k: "scoring a checkpoint is python evaluate.py --ckpt=out/ckpt.pt [--split=test] [--pictures=16]"
+               for k in ("eval_only", "ckpt", "split", "pictures")}
 
 
 # A preset replaces the paper's defaults with others; options given on the command line still win. The synthetic set
 # trains a small CLIP from scratch on a CPU: 6 epochs of its 32,000 training images are 3,000 steps of 64, the same on
 # every machine, so the result is too. A model this far from converged wants a large learning rate and a long warm-up
 # (the first 6/10 of the run); the images are decoded once into memory, and there is one evaluation on val, at the end.
-PRESETS = {"synth": dict(clip="tiny", n_layer=2, n_head=4, dropout=0.0, weighted_loss=True, epochs=6.0, batch_size=64,
+PRESETS = {"paper": {}, "synth": dict(clip="tiny", n_layer=2, n_head=4, dropout=0.0, weighted_loss=True, epochs=6.0, batch_size=64,
                          lr=1.5e-3, weight_decay=0.05, warmup_epochs=3.6, preload=True, workers=0, eval_interval=5000)}
 # The demo's CLIP: 64 px images cut into 4 x 4 patches of 16 px by a stem of three convolutions (16, 32, 64 channels),
 # a 2-layer ViT and a 1-layer text encoder of width 128: small enough that the demo sees many images in its minutes.
@@ -93,49 +91,19 @@ TINY_CLIP = clip.CLIPConfig(embed_dim=128, image_resolution=64, vision_layers=2,
                             transformer_heads=2, transformer_layers=1)
 
 
-PATHS = ("root", "pkl", "images", "clip", "out_dir", "ckpt")  # the options that name files or folders: ~ is expanded
-
-
-def parse_overrides(argv, config_class, script="train.py", paths=PATHS):
-    """{field: value} from --key=value arguments for a config dataclass, each value a Python literal of the field's
-    type (bare strings too); ~ expanded in the options that name files or folders."""
-    types = {f.name: f.type for f in dataclasses.fields(config_class)}
-    overrides = {}
-    for arg in argv:
-        key, eq, text = arg[2:].partition("=")
-        if not arg.startswith("--") or not eq:
-            raise ValueError(f"bad argument {arg!r}: expected --key=value (python {script} --help lists the options)")
-        if key not in types:
-            raise ValueError(f"unknown option --{key}; valid options: {', '.join(types)}")
-        try:
-            value = text if types[key] is str else ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = None
-        if types[key] is float and type(value) is int:
-            value = float(value)
-        if type(value) is not types[key]:
-            raise ValueError(f"--{key}={text}: expected a {types[key].__name__}")
-        overrides[key] = os.path.expanduser(value) if key in paths else value
-    return overrides
-
-
 def parse_config(argv):
     """TrainConfig from --key=value arguments: the preset's values, then the ones given."""
-    overrides = parse_overrides(argv, TrainConfig)
-    preset = overrides.get("preset", "synth" if overrides.get("dataset") == "synth" else "")
-    if preset not in ("", *PRESETS):
-        raise ValueError(f"--preset={preset}: expected one of {', '.join(PRESETS)} (or nothing for the paper's recipe)")
-    return TrainConfig(**{**PRESETS.get(preset, {}), **overrides, "preset": preset})
+    overrides = cli.parse_overrides(argv, TrainConfig)
+    preset = overrides.get("preset", "auto")
+    if preset == "auto":
+        preset = "synth" if overrides.get("dataset") == "synth" else "paper"
+    if preset not in PRESETS:
+        raise ValueError(f"--preset={preset}: expected auto, {' or '.join(PRESETS)}")
+    return TrainConfig(**{**PRESETS[preset], **overrides, "preset": preset})
 
 
-def usage():
-    # the options, their defaults and their comments, read off TrainConfig's source: one table, no second copy
-    lines = [__doc__.strip(), "", "options (--key=value):"]
-    for line in inspect.getsource(TrainConfig).splitlines()[2:]:
-        m = re.match(r"\s*(\w+): \w+ = (\S+)\s*(?:# (.*))?", line)
-        lines.append((f"  --{m[1]}={m[2].strip(chr(34))}".ljust(34) + (m[3] or "")).rstrip() if m else "  " + line.strip())
-    lines += ["presets:"] + [f"  {k}: " + ", ".join(f"{n}={v!r}" for n, v in p.items()) for k, p in PRESETS.items()]
-    return "\n".join(lines)
+PRESETS_HELP = "presets:\n" + "\n".join(f"  {k}: " + (", ".join(f"{n}={v!r}" for n, v in p.items()) or "the defaults")
+                                       for k, p in PRESETS.items())
 
 
 def check_config(cfg):
@@ -148,24 +116,18 @@ def check_config(cfg):
              ("log_interval", cfg.log_interval > 0, "a positive number of steps"),
              ("beam_size", cfg.beam_size >= 1, "1 (greedy) or more"), ("workers", cfg.workers >= 0, "0 or more"),
              ("partition", cfg.partition >= 0, "0 or more"),
-             ("split", cfg.split in ("train", "val", "test"), "train, val or test"), ("pictures", cfg.pictures >= 0, "0 or more"),
              ("head", cfg.head in ("sequencepar", "linear"), "sequencepar or linear"),
              ("n_layer", cfg.n_layer >= 1, "1 or more"), ("n_head", cfg.n_head >= 1, "1 or more"),
              ("dropout", 0 <= cfg.dropout < 1, "a probability below 1")]
     for name, ok, expected in rules:
         if not ok:
             raise ValueError(f"--{name}={getattr(cfg, name)}: expected {expected}")
-    if cfg.ckpt and not cfg.eval_only:
-        raise ValueError(f"--ckpt={cfg.ckpt} is the checkpoint that --eval_only=True scores; a training run starts from "
-                         f"--clip and a fresh decoder (there is no fine-tuning from a checkpoint), and --resume=True "
-                         f"continues the run in --out_dir")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume=True and --overwrite=True contradict each other: continue the run, or replace it")
     resolve_device(cfg.device)
-    if not cfg.eval_only:  # (--eval_only takes the model from its checkpoint)
-        width = TINY_CLIP.embed_dim if cfg.clip == "tiny" else clip.config(cfg.clip).embed_dim \
-            if cfg.clip in clip.available_models() else None  # a CLIP file is checked once it is read
-        check_heads(cfg.n_head, width)
+    width = TINY_CLIP.embed_dim if cfg.clip == "tiny" else clip.config(cfg.clip).embed_dim \
+        if cfg.clip in clip.available_models() else None  # a CLIP file is checked once it is read
+    check_heads(cfg.n_head, width)
 
 
 def check_heads(n_head, width):
@@ -177,11 +139,27 @@ def head_config(model):
     return dataclasses.asdict(model.config) if isinstance(model, SequencePAR) else {}  # the linear layer has none
 
 
-def read_data(cfg, log=print):
+def read_data(cfg, master=True, log=print):
+    """The dataset and the split that selects the model. Every split the run needs must be there, with enough images
+    for a batch, and every image file present (with --decode=True, readable): better now than hours into a run."""
     data = load_dataset(cfg.dataset, cfg.root or None, pkl=cfg.pkl, images=cfg.images, partition=cfg.partition)
     for note in data.notes:
         log(f"{cfg.dataset}: {note}")
-    return data
+    eval_split = "val" if "val" in data.splits else "test"  # RAPv1 and WIDER publish no validation split
+    needed = list(dict.fromkeys(("train", eval_split, "test")))
+    for split in needed:
+        if len(data.splits.get(split, [])) == 0:
+            raise ValueError(f"{cfg.dataset}: the {split} split is empty or missing; a run needs train and test images")
+    if master:
+        check_images([data.image_paths[i] for s in needed for i in data.splits[s]], decode=cfg.decode)
+    log(f"{cfg.dataset}: {len(data.labels)} images, {len(data.attr_names)} attributes; "
+        + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; model selection on {eval_split}")
+    for warning in label_warnings(data, eval_split):
+        log(f"warning: {cfg.dataset}: {warning}")
+    if len(data.splits["train"]) < cfg.batch_size:
+        raise ValueError(f"the train split has {len(data.splits['train'])} images, fewer than "
+                         f"--batch_size={cfg.batch_size}")
+    return data, eval_split
 
 
 def build_model(cfg, data):
@@ -221,59 +199,9 @@ def lr_factor(progress, warmup):
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
 
 
-def make_batches(cfg, data, size, sampler, cuda):
-    """The training batches, without end, and a function that gives a split's evaluation batches: through a
-    DataLoader of PIL transforms, or with --preload=True cut from one uint8 tensor of every image, augmented on whole
-    batches (the same pad, crop and flip), which spares a small model the per-image Python of the PIL pipeline."""
-    eval_size = 2 * sampler.batch_size
-    if cfg.preload:
-        pixels, labels = load_images(data.image_paths, size), torch.from_numpy(data.labels)
-        train = torch.from_numpy(data.splits["train"])
-
-        def train_batches():
-            for batch in sampler:
-                chosen = train[batch]
-                yield augment(pixels[chosen], crop_pad(size)), labels[chosen]
-
-        def eval_batches(split):
-            return ((normalize(pixels[i]), labels[i]) for i in torch.from_numpy(data.splits[split]).split(eval_size))
-        return train_batches(), eval_batches
-    loader_args = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0,
-                       worker_init_fn=worker_init)
-    train_loader = torch.utils.data.DataLoader(PARImages(data, data.splits["train"], size, train=True),
-                                               batch_sampler=sampler, **loader_args)
-    return iter(train_loader), lambda split: torch.utils.data.DataLoader(
-        PARImages(data, data.splits[split], size, train=False), eval_size, **loader_args)
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """The training batches of one process, epoch after epoch, without end: each epoch a permutation drawn from
-    (seed, epoch) alone, the same in every process, of which each process takes its own share. It starts at any step,
-    so a resumed run continues at the very batch where it stopped."""
-
-    def __init__(self, n, batch_size, seed, rank=0, world=1, start_step=0):
-        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        self.per_epoch, self.start_step = n // (batch_size * world), start_step  # full batches per process
-
-    def __iter__(self):
-        step = self.start_step
-        while True:
-            epoch, k = divmod(step, self.per_epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
-            batches = perm[:self.per_epoch * self.world * self.batch_size].view(self.per_epoch, self.world, -1)
-            for batch in batches[k:, self.rank]:  # (batch_size,) indices
-                yield batch.tolist()
-                step += 1
-
-
 def main(argv):
-    if "--help" in argv or "-h" in argv:
-        print(usage())
-        return None
     cfg = parse_config(argv)
     check_config(cfg)
-    if cfg.eval_only:  # (what the command line does not give, the checkpoint's own config does)
-        return evaluate_only(cfg, given={a[2:].partition("=")[0] for a in argv})
     ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun
     if ddp:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -291,7 +219,7 @@ def main(argv):
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     log = print if master else (lambda *a, **k: None)
     log("config: " + ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(cfg).items()))
-    if cfg.preset:
+    if PRESETS[cfg.preset]:
         log(f"preset {cfg.preset} sets " + ", ".join(f"{k}={v!r}" for k, v in PRESETS[cfg.preset].items())
             + " (options given on the command line win)")
     if master:
@@ -301,24 +229,9 @@ def main(argv):
     # split the run needs must be there and every image file present: better now than hours into a run.
     if ddp and not master:
         dist.barrier()
-    data = read_data(cfg, log)
-    eval_split = "val" if "val" in data.splits else "test"  # RAPv1 and WIDER publish no validation split
-    needed = list(dict.fromkeys(("train", eval_split, "test")))
-    for split in needed:
-        if len(data.splits.get(split, [])) == 0:
-            raise ValueError(f"{cfg.dataset}: the {split} split is empty or missing; a run needs train and test images")
-    if master:
-        check_images([data.image_paths[i] for s in needed for i in data.splits[s]], decode=cfg.decode)
+    data, eval_split = read_data(cfg, master, log)
     if ddp and master:
         dist.barrier()
-    log(f"{cfg.dataset}: {len(data.labels)} images, {len(data.attr_names)} attributes; "
-        + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; model selection on {eval_split}")
-    for warning in label_warnings(data, eval_split):
-        log(f"warning: {cfg.dataset}: {warning}")
-    per_process = cfg.batch_size // world
-    if len(data.splits["train"]) < cfg.batch_size:
-        raise ValueError(f"the train split has {len(data.splits['train'])} images, fewer than "
-                         f"--batch_size={cfg.batch_size}")
 
     model = build_model(cfg, data).to(device)
     raw_model = model
@@ -326,27 +239,17 @@ def main(argv):
     step, best, elapsed, evaluated = 0, -1.0, 0.0, 0  # evaluated: the step whose state was last evaluated
     best_path, last_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "last.pt")
     if cfg.resume:
-        ckpt = load_checkpoint(last_path)
-        check_resume(ckpt, last_path, raw_model, data.attr_names, data.prompts, cfg.head)
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, best, elapsed = ckpt["step"], ckpt["best_mA"], ckpt["elapsed"]
-        evaluated = step if ckpt.get("metrics") is not None else -1  # a state saved by a stop signal was not
-        tested = os.path.join(cfg.out_dir, "metrics_test.json")
-        if step >= cfg.epochs * (len(data.splits["train"]) // cfg.batch_size) and os.path.exists(tested):
-            log(f"{last_path} is a finished run (step {step}, tested: {tested}); nothing to resume: more --epochs "
-                f"train it further, --eval_only=True scores it again")
+        state = resume(last_path, raw_model, optimizer, data, cfg, eval_split, log)
+        if state is None:  # a finished run
             return None
-        log(f"resumed from {last_path} at step {step} (" + (f"best {eval_split} mA so far {best:.2f})" if best >= 0
-                                                           else "not evaluated yet)"))
-        del ckpt
+        step, best, elapsed, evaluated = state
     csv_log = CSVLog(os.path.join(cfg.out_dir, "log.csv"), step if cfg.resume else None) if master else None
     if cfg.compile:
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[local_rank] if cuda else None)
 
-    sampler = EpochBatches(len(data.splits["train"]), per_process, cfg.seed, rank, world, start_step=step)
+    sampler = EpochBatches(len(data.splits["train"]), cfg.batch_size // world, cfg.seed, rank, world, start_step=step)
     if ddp and not master:  # the master decodes a --preload cache first
         dist.barrier()
     train_batches, eval_batches = make_batches(cfg, data, raw_model.clip.config.image_resolution, sampler, cuda)
@@ -440,14 +343,11 @@ def main(argv):
         ckpt = load_checkpoint(best_path)
         raw_model.load_state_dict(ckpt["model"])
         t0 = time.time()
-        pred, scores, gt = predict(raw_model, eval_batches("test"), device, ctx, cfg.beam_size)
-        m = metrics(gt, pred)
+        selected = f"{'best on val, step' if eval_split == 'val' else 'last step'} {ckpt['step']}"
+        m = evaluate(raw_model, data, "test", eval_batches("test"), cfg.out_dir, dict(checkpoint=best_path,
+                     step=ckpt["step"], dataset=cfg.dataset), device, ctx, cfg.beam_size, log=log, title=selected)
         t_test = time.time() - t0
-        log(f"test ({'best on val, step' if eval_split == 'val' else 'last step'} {ckpt['step']}, "
-            f"{len(data.splits['test'])} images): {report(data.attr_names, gt, pred)}")
         csv_log.write(kind="test", step=ckpt["step"], epoch=ckpt["step"] / iters_per_epoch, split="test", **m)
-        written = write_reports(cfg, data, "test", best_path, ckpt["step"], pred, scores, gt)
-        log(f"wrote {written} and predictions_test.csv")
         t_train = time.time() - t_session - t_eval - t_test
         log(f"time: {t_train:.1f} s training, {t_eval:.1f} s evaluating on {eval_split}, {t_test:.1f} s on test")
     if ddp:
@@ -456,12 +356,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.stdout.reconfigure(line_buffering=True)  # a log redirected to a file is complete up to the last line printed
-    try:
-        main(sys.argv[1:])
-    except (FileNotFoundError, ValueError, OSError, FloatingPointError) as e:
-        # a data loader worker's error arrives with its traceback as text: its last line is the message
-        sys.exit("error: " + re.sub(r"^\w+Error: ", "", str(e).strip().splitlines()[-1]))
-    except KeyboardInterrupt as e:
-        print(str(e) or "interrupted", file=sys.stderr)
-        sys.exit(e.code if isinstance(e, Interrupted) else 130)
+    cli.run(main, TrainConfig, __doc__, PRESETS_HELP)

@@ -46,8 +46,8 @@ def tiny_clip_file(tmp_path_factory):
 
 
 def tiny_args(synth_root, clip_file, out_dir, *extra):
-    # --preset= : the tests run the paper's recipe (an evaluation each epoch, images read by the loader), only smaller
-    return ["--dataset=synth", "--preset=", f"--root={synth_root}", f"--clip={clip_file}", f"--out_dir={out_dir}", "--epochs=2",
+    # --preset=paper: the tests run the paper's recipe (an evaluation each epoch, images read by the loader), only smaller
+    return ["--dataset=synth", "--preset=paper", f"--root={synth_root}", f"--clip={clip_file}", f"--out_dir={out_dir}", "--epochs=2",
             "--batch_size=32", "--warmup_epochs=0.2", "--log_interval=1", "--workers=0",
             "--lr=3e-3", *extra]
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import clip
+import evaluate
 import sample
 import train
 from conftest import TINY, run_script, tiny_args
@@ -76,9 +77,9 @@ def test_linear_head_trains_and_its_checkpoint_goes_through_evaluation_and_sampl
     assert ckpt["head"] == "linear" and not any(k.startswith(("clip.transformer", "transformer.")) for k in ckpt["model"])
     with open(out / "metrics_test.json") as f:
         assert json.load(f)["overall"] == pytest.approx(m)
-    # --eval_only rebuilds the head from the checkpoint alone and scores what training scored
-    again = train.main([f"--ckpt={out / 'ckpt.pt'}", "--eval_only=True", "--dataset=synth", f"--root={synth_root}",
-                        f"--out_dir={tmp_path / 'eval'}", "--workers=0"])
+    # evaluate.py rebuilds the head from the checkpoint alone and scores what training scored
+    again = evaluate.main([f"--ckpt={out / 'ckpt.pt'}", "--dataset=synth", f"--root={synth_root}",
+                           f"--out_dir={tmp_path / 'eval'}", "--workers=0"])
     assert again == pytest.approx(m)
     assert "similarity" not in " ".join(os.listdir(tmp_path / "eval"))  # the head has no attribute tokens
     # sample.py prints, per image, the attributes above 0.5 with their probabilities from the head itself
@@ -93,7 +94,7 @@ def test_linear_head_trains_and_its_checkpoint_goes_through_evaluation_and_sampl
     for row, p, q in zip(printed, pred, probs):
         assert row["attributes"] == pytest.approx({names[j]: q[j].item() for j in p.nonzero().flatten().tolist()})
     with pytest.raises(ValueError, match=r"has the linear head; attention maps need the decoder"):
-        sample.main([*paths, f"--ckpt={out / 'ckpt.pt'}", "--attention=True", f"--out={tmp_path / 'pics'}"])
+        sample.main([*paths, f"--ckpt={out / 'ckpt.pt'}", "--attention=True", f"--out_dir={tmp_path / 'pics'}"])
 
 
 def test_linear_head_under_ddp_and_compile(synth_root, tiny_clip_file, tmp_path):

@@ -102,7 +102,7 @@ def test_short_context_is_exact():
         torch.testing.assert_close(model.encode_text(text[:, :longest]), model.encode_text(text), rtol=0, atol=1e-5)
 
 
-def test_sdpa_equals_written_out_attention():
+def test_clip_attention_equals_the_formula_written_out():
     torch.manual_seed(0)
     for causal in (False, True):
         attn = clip.Attention(64, 4, causal)

@@ -70,7 +70,7 @@ def test_sample_compile_flag(trained_run, synth_root, capsys, fresh_dynamo):
     paths = [os.path.join(folder, f) for f in sorted(os.listdir(folder))[:16]]
     results = []
     for flag in ("--compile=False", "--compile=True"):
-        assert sample.main(paths + [f"--ckpt={out}/ckpt.pt", "--json", "--workers=0", flag]) == 0
+        assert sample.main(paths + [f"--ckpt={out}/ckpt.pt", "--json=True", "--workers=0", flag]) == 0
         results.append(json.loads(capsys.readouterr().out))
     assert graphs_compiled() > 0
     eager, compiled = results

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import data
+import pixels
 from clip import MEAN, STD
 from conftest import write_png
 
@@ -301,7 +302,7 @@ def test_pkl_with_lists_of_partitions(tmp_path, easydict_module, capsys):
                                          r"partition\(s\), 0 to 4$"):
         data.load_dataset("pkl", str(tmp_path), images="images", partition=5)
     with pytest.raises(FileNotFoundError, match=r"^9 of 10 images are missing: .*images/00002\.png"):
-        data.main(["pkl", f"--root={tmp_path}", "--images=images", "--partition=1"])  # the summary, then what is missing
+        data.main(["--dataset=pkl", f"--root={tmp_path}", "--images=images", "--partition=1"])  # the summary, then what is missing
     out = capsys.readouterr().out
     assert out.startswith("pkl: 10 images, 3 attributes; train 3, val 1, test 2\n")
     assert "note: partition 1 of 5\n" in out and f"note: label values 2 and -1 counted as 0: {uncertain} cells" in out
@@ -525,7 +526,7 @@ def test_missing_and_unreadable_images(tmp_path):
     write_csv(str(tmp_path / "c"), ["a.png,train,1,0", "bad.png,train,0,1", "gone.png,test,0,0"])
     tiny_image(str(tmp_path / "c" / "a.png"))
     (tmp_path / "c" / "bad.png").write_bytes(b"\x89PNG truncated")
-    ds = data.PARImages(data.load_dataset("csv", str(tmp_path / "c")), [0, 1, 2], size=16, train=False)
+    ds = pixels.PARImages(data.load_dataset("csv", str(tmp_path / "c")), [0, 1, 2], size=16, train=False)
     assert ds[0][0].shape == (3, 16, 16) and ds[0][1].tolist() == [1, 0]
     with pytest.raises(ValueError, match=r"cannot read image .*c/bad\.png"):
         ds[1]
@@ -537,7 +538,7 @@ def test_missing_and_unreadable_images(tmp_path):
 
 def test_transform_size_normalisation_and_aspect(tmp_path):
     img = Image.new("RGB", (20, 40), (255, 128, 0))  # 20 wide, 40 tall, like a pedestrian crop
-    x = data.build_transform(32, train=False)(img)
+    x = pixels.build_transform(32, train=False)(img)
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     mean, std = torch.tensor(MEAN)[:, None], torch.tensor(STD)[:, None]
     colour = (torch.tensor([255, 128, 0]) / 255.0)[:, None]
@@ -547,27 +548,27 @@ def test_transform_size_normalisation_and_aspect(tmp_path):
     assert torch.allclose(x[:, :, 25:], black[:, :, None].expand(3, 32, 7), atol=1e-3)
     wide = (x[0, 16] - black[0]).abs() > 0.1
     assert wide.sum() in (16, 17, 18)  # 20/40 of the width: the aspect ratio is kept
-    gray = data.build_transform(32, train=False)(Image.new("L", (20, 40), 255))
+    gray = pixels.build_transform(32, train=False)(Image.new("L", (20, 40), 255))
     assert gray.shape == (3, 32, 32)
 
 
 def test_pad_to_square_centres_on_black_and_leaves_a_square_image_as_it_is():
     rng = np.random.default_rng(0)
     tall = rng.integers(1, 256, (6, 3, 3), dtype=np.uint8)  # 3 wide, 6 tall, no black pixel of its own
-    padded = np.asarray(data.PadToSquare()(Image.fromarray(tall)))
+    padded = np.asarray(pixels.PadToSquare()(Image.fromarray(tall)))
     expected = np.zeros((6, 6, 3), np.uint8)  # built by hand: one black column left, two right ((6 - 3) // 2 = 1)
     expected[:, 1:4] = tall
     assert np.array_equal(padded, expected)
     square = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
-    assert np.array_equal(np.asarray(data.PadToSquare()(Image.fromarray(square))), square)
-    grey = data.PadToSquare()(Image.fromarray(square[:, :, 0]))  # a square of another mode still becomes RGB
+    assert np.array_equal(np.asarray(pixels.PadToSquare()(Image.fromarray(square))), square)
+    grey = pixels.PadToSquare()(Image.fromarray(square[:, :, 0]))  # a square of another mode still becomes RGB
     assert grey.mode == "RGB" and np.array_equal(np.asarray(grey)[:, :, 2], square[:, :, 0])
 
 
 def test_train_transform_is_random_and_sized():
     torch.manual_seed(0)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 32, 3), dtype=np.uint8))
-    t = data.build_transform(64, train=True)
+    t = pixels.build_transform(64, train=True)
     outs = [t(img) for _ in range(6)]
     assert all(o.shape == (3, 64, 64) for o in outs)
     assert any(not torch.equal(outs[0], o) for o in outs[1:])  # crop and flip change the image
@@ -584,27 +585,27 @@ def test_images_are_read_as_a_viewer_shows_them(tmp_path):
     for ext in ("png", "jpg"):
         Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / f"turned.{ext}", exif=exif.tobytes())
     assert Image.open(tmp_path / "turned.png").size == (24, 12)
-    assert np.array_equal(np.asarray(data.read_image(str(tmp_path / "turned.png"))), upright)
-    assert data.read_image(str(tmp_path / "turned.jpg")).size == (12, 24)  # lossy, but upright
+    assert np.array_equal(np.asarray(pixels.read_image(str(tmp_path / "turned.png"))), upright)
+    assert pixels.read_image(str(tmp_path / "turned.jpg")).size == (12, 24)  # lossy, but upright
     # 16 bits per channel: grey (Pillow's mode I;16) and colour are scaled by their range, not clipped at 255
     grey = upright[..., 0]
     write_png(tmp_path / "grey16.png", grey.astype(np.uint16) * 257, bit_depth=16)
     assert Image.open(tmp_path / "grey16.png").mode == "I;16"
-    assert np.array_equal(np.asarray(data.read_image(str(tmp_path / "grey16.png"))), np.stack([grey] * 3, -1))
+    assert np.array_equal(np.asarray(pixels.read_image(str(tmp_path / "grey16.png"))), np.stack([grey] * 3, -1))
     write_png(tmp_path / "rgb48.png", upright.astype(np.uint16) * 257, bit_depth=16)
-    assert np.array_equal(np.asarray(data.read_image(str(tmp_path / "rgb48.png"))), upright)
+    assert np.array_equal(np.asarray(pixels.read_image(str(tmp_path / "rgb48.png"))), upright)
     Image.fromarray(grey.astype(np.int32) * 257, mode="I").save(tmp_path / "grey32.tif")
-    assert np.array_equal(np.asarray(data.read_image(str(tmp_path / "grey32.tif")))[..., 0], grey)
+    assert np.array_equal(np.asarray(pixels.read_image(str(tmp_path / "grey32.tif")))[..., 0], grey)
     Image.fromarray(grey.astype(np.float32) / 255, mode="F").save(tmp_path / "float.tif")
-    assert np.abs(np.asarray(data.read_image(str(tmp_path / "float.tif")))[..., 0].astype(int) - grey).max() <= 1
+    assert np.abs(np.asarray(pixels.read_image(str(tmp_path / "float.tif")))[..., 0].astype(int) - grey).max() <= 1
     # an animation: its first frame
     frames = [Image.fromarray(np.full((8, 4, 3), c, np.uint8)) for c in (40, 200)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
-    assert np.asarray(data.read_image(str(tmp_path / "anim.gif"))).mean() < 100
+    assert np.asarray(pixels.read_image(str(tmp_path / "anim.gif"))).mean() < 100
     # a file whose header claims 1.6 billion pixels (a decompression bomb) is an unreadable image, said in one line
     write_png(tmp_path / "huge.png", np.zeros((1, 1, 3)), size=(40000, 40000))
     with pytest.raises(ValueError, match=r"^cannot read image .*huge\.png: Image size \(1600000000 pixels\) exceeds"):
-        data.read_image(str(tmp_path / "huge.png"))
+        pixels.read_image(str(tmp_path / "huge.png"))
 
 
 def test_the_tensor_pipeline_equals_the_pil_transform(tmp_path):
@@ -615,28 +616,28 @@ def test_the_tensor_pipeline_equals_the_pil_transform(tmp_path):
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
     cache = str(tmp_path / "cache.pt")
-    images = data.load_images(paths, 32, cache)
+    images = pixels.load_images(paths, 32, cache)
     assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8
     for i, p in enumerate(paths):  # evaluation: exactly build_transform's output
-        torch.testing.assert_close(data.normalize(images[i:i + 1])[0], data.build_transform(32, False)(data.read_image(p)),
+        torch.testing.assert_close(pixels.normalize(images[i:i + 1])[0], pixels.build_transform(32, False)(pixels.read_image(p)),
                                    rtol=0, atol=1e-6)
     # training: for the same crop offsets and flips, exactly the PIL Pad + crop + flip
-    pad = data.crop_pad(32)
+    pad = pixels.crop_pad(32)
     shifts, flips = torch.tensor([[0, 0], [2 * pad, 1], [1, 2 * pad]]), torch.tensor([False, True, True])
-    out = data.augment(images, pad, shifts, flips)
+    out = pixels.augment(images, pad, shifts, flips)
     for i, p in enumerate(paths):
-        img = TF.resize(data.PadToSquare()(data.read_image(p)), [32, 32], interpolation=TF.InterpolationMode.BICUBIC)
+        img = TF.resize(pixels.PadToSquare()(pixels.read_image(p)), [32, 32], interpolation=TF.InterpolationMode.BICUBIC)
         img = TF.crop(TF.pad(img, pad), int(shifts[i, 0]), int(shifts[i, 1]), 32, 32)
         img = TF.hflip(img) if flips[i] else img
         torch.testing.assert_close(out[i], TF.normalize(TF.to_tensor(img), MEAN, STD), rtol=0, atol=1e-6)
     torch.manual_seed(0)
-    a, b = data.augment(images, pad), data.augment(images, pad)
+    a, b = pixels.augment(images, pad), pixels.augment(images, pad)
     assert a.shape == (3, 3, 32, 32) and not torch.equal(a, b)  # random crops and flips by default
     # the cache is reused while the images stay as they are, and rebuilt when one changes
     os.utime(cache, (1, 1))
-    assert torch.equal(data.load_images(paths, 32, cache), images) and os.stat(cache).st_mtime == 1
+    assert torch.equal(pixels.load_images(paths, 32, cache), images) and os.stat(cache).st_mtime == 1
     Image.new("RGB", (20, 40), (255, 0, 0)).save(paths[0])
-    again = data.load_images(paths, 32, cache)
+    again = pixels.load_images(paths, 32, cache)
     assert not torch.equal(again[0], images[0]) and torch.equal(again[1:], images[1:])
 
 
@@ -646,7 +647,7 @@ def test_images_of_any_mode_become_rgb(tmp_path):
         paths.append(str(tmp_path / f"{mode}.{'jpg' if mode == 'CMYK' else 'png'}"))
         Image.new(mode, (6, 12)).save(paths[-1])
     d = data.PARData(paths, np.zeros((4, 2), np.uint8), ["a", "b"], ["A", "B"], {"train": np.arange(4)})
-    ds = data.PARImages(d, d.splits["train"], size=16, train=True)
+    ds = pixels.PARImages(d, d.splits["train"], size=16, train=True)
     assert all(ds[i][0].shape == (3, 16, 16) for i in range(4))
 
 
@@ -656,27 +657,29 @@ def test_summary_command_checks_every_image(tmp_path, capsys):
     write_peta(str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"^19 of 20 images are missing: .*images/00002\.png, .*images/00003"
                                                 r"\.png, .*, \.\.\.$"):
-        data.main(["peta", f"--root={tmp_path}"])
+        data.main(["--dataset=peta", f"--root={tmp_path}"])
     out = capsys.readouterr().out
     assert out.startswith("peta: 20 images, 35 attributes; train 3, val 2, test 2")
     assert "accessoryHat" in out and f"first image: {tmp_path}/images/00001.png" in out
     assert "\nnote: partition 0 of 5\n" in out
     for i in range(2, 21):
         tiny_image(str(tmp_path / "images" / f"{i:05}.png"))
-    data.main(["peta", f"--root={tmp_path}"])
+    data.main(["--dataset=peta", f"--root={tmp_path}"])
     assert capsys.readouterr().out.endswith("all 20 images are there\n")
     (tmp_path / "images" / "00007.png").write_bytes(b"\x89PNG broken")
-    data.main(["peta", f"--root={tmp_path}"])  # present is enough without --decode
+    data.main(["--dataset=peta", f"--root={tmp_path}"])  # present is enough without --decode
     with pytest.raises(FileNotFoundError, match=r"^1 of 20 images are missing or unreadable: .*00007\.png \(cannot read"):
-        data.main(["peta", f"--root={tmp_path}", "--decode=True"])
-    with pytest.raises(ValueError, match="usage: python data.py <name>"):
-        data.main(["peta", "--rot=x"])
-    with pytest.raises(ValueError, match=r"usage: .*python synth\.py"):
-        data.main(["peta", "--n=5"])  # drawing is synth.py's job
+        data.main(["--dataset=peta", f"--root={tmp_path}", "--decode=True"])
+    with pytest.raises(ValueError, match=r"^unknown option --rot; valid options: dataset, root"):
+        data.main(["--dataset=peta", "--rot=x"])
+    with pytest.raises(ValueError, match=r"^--n: the synthetic set is drawn by python synth\.py"):
+        data.main(["--dataset=peta", "--n=5"])  # drawing is synth.py's job
+    with pytest.raises(ValueError, match=r"^python data\.py peta: the dataset is an option, --dataset=peta$"):
+        data.main(["peta"])  # the grammar of earlier versions
 
 
 def test_script_prints_one_line_errors():
-    r = subprocess.run([sys.executable, "data.py", "nosuch"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "data.py", "--dataset=nosuch"], capture_output=True, text=True,
                        cwd=os.path.dirname(os.path.abspath(data.__file__)))
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "error: unknown dataset 'nosuch'; known: peta, pa100k, rapv1, rapv2, wider, peta_zs, rap_zs, pkl, csv, synth"]

@@ -68,7 +68,7 @@ def test_causality():
         assert not torch.allclose(other[:, t + 1], logits[:, t + 1])
 
 
-def test_sdpa_equals_written_out_attention():
+def test_decoder_attention_layers_equal_the_formula_written_out():
     model = tiny_model()
     block = model.transformer.h[0]
     x, memory = torch.randn(2, 6, 32), torch.randn(2, 17, 32)

@@ -46,12 +46,12 @@ def read_predictions(path, names):
     return [r["image"] for r in rows], pred, prob, gt
 
 
-def test_eval_only_writes_what_a_table_is_built_from(trained_run, synth_root, tiny_clip_file, tmp_path, capsys):
+def test_evaluate_writes_what_a_table_is_built_from(trained_run, synth_root, tiny_clip_file, tmp_path, capsys):
     import data
     out, _, _ = trained_run
     shutil.copy(os.path.join(out, "ckpt.pt"), tmp_path / "ckpt.pt")
-    m = train.main(["--dataset=synth", f"--root={synth_root}", f"--out_dir={tmp_path}", "--eval_only=True",
-                    "--split=val", "--workers=0", "--pictures=5"])
+    # the dataset is the one the checkpoint was trained on; the files go beside the checkpoint
+    m = evaluate.main([f"--ckpt={tmp_path / 'ckpt.pt'}", "--split=val", "--workers=0", "--pictures=5"])
     log = capsys.readouterr().out
     d = data.load_dataset("synth", synth_root)
     paths, pred, prob, gt = read_predictions(tmp_path / "predictions_val.csv", d.attr_names)
@@ -93,7 +93,7 @@ def test_eval_only_writes_what_a_table_is_built_from(trained_run, synth_root, ti
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
-def test_eval_only_refusals(trained_run, tmp_path, tiny_clip_file, monkeypatch):
+def test_evaluate_refuses_another_dataset_and_torchrun(trained_run, tmp_path, tiny_clip_file, monkeypatch):
     out, _, _ = trained_run
     root = tmp_path / "other"
     root.mkdir()
@@ -101,11 +101,10 @@ def test_eval_only_refusals(trained_run, tmp_path, tiny_clip_file, monkeypatch):
     Image.new("RGB", (8, 16)).save(root / "0.png")
     with pytest.raises(ValueError, match=r"ckpt\.pt was trained on 22 other attributes \(Female, .*\) than this "
                                          r"dataset's 2; evaluate it on the dataset it was trained on \(synth\)"):
-        train.main(["--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt", f"--out_dir={tmp_path}",
-                    "--eval_only=True"])
+        evaluate.main(["--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt", f"--out_dir={tmp_path}"])
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(ValueError, match=r"--eval_only=True runs in one process: start it with python, not torchrun"):
-        train.main(["--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt", "--eval_only=True"])
+    with pytest.raises(ValueError, match=r"evaluate.py runs in one process: start it with python, not torchrun"):
+        evaluate.main(["--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt"])
 
 
 def log_rows(path):

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import evaluate
 import train
 from conftest import ROOT, tiny_args
 
@@ -58,7 +59,7 @@ def test_two_runs_started_at_once_into_one_folder_one_trains(synth_root, tiny_cl
 
 
 def test_starts_into_a_live_runs_folder_leave_it_alone(synth_root, tiny_clip_file, tmp_path):
-    # a run that saves at every step; meanwhile a new run, a resume and an --eval_only into its folder are refused,
+    # a run that saves at every step; meanwhile a new run, a resume and an evaluation into its folder are refused,
     # and the live run's saves in progress survive them
     out = tmp_path / "out"
     args = tiny_args(synth_root, tiny_clip_file, out, "--epochs=4", "--eval_interval=1")
@@ -70,13 +71,15 @@ def test_starts_into_a_live_runs_folder_leave_it_alone(synth_root, tiny_clip_fil
             with pytest.raises(ValueError, match=refused):
                 train.main(args + extra)
         with pytest.raises(ValueError, match=refused):
-            train.main([f"--out_dir={out}", "--eval_only=True", "--workers=0"])
+            evaluate.main([f"--ckpt={out}/ckpt.pt", "--workers=0"])
         _, err = live.communicate(timeout=240)
     finally:
         live.kill()
     assert live.returncode == 0 and err == "", err[-2000:]
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 32 and (out / "metrics_test.json").exists()
-    assert not {"similarity.png", "failures_test.png"} & set(os.listdir(out))  # nothing of the --eval_only's
+    # what every run ends with: evaluate.py's files for the test split, the same set as `python evaluate.py` writes
+    assert {"metrics_test.json", "predictions_test.csv", "similarity.png", "similarity.csv", "failures_test.png"} <= \
+        set(os.listdir(out))
 
 
 def children(pid):
@@ -156,7 +159,7 @@ def interrupted_run(synth_root, tiny_clip_file, out, step, *extra):
     torch.manual_seed(0)
     args = tiny_args(synth_root, tiny_clip_file, out, *extra)
     cfg = train.parse_config(args)
-    data = train.read_data(cfg, log=lambda *a: None)
+    data, _ = train.read_data(cfg, log=lambda *a: None)
     model = train.build_model(cfg, data)
     optimizer, _ = train.configure_optimizer(model, cfg)
     out.mkdir()
@@ -193,20 +196,20 @@ def test_resume_refuses_changed_prompts(synth_root, tiny_clip_file, tmp_path):
         train.main(args + ["--resume=True"])
 
 
-def test_ckpt_given_to_a_training_run_refuses(synth_root, tiny_clip_file, tmp_path):
-    with pytest.raises(ValueError, match=r"^--ckpt=.*missing\.pt is the checkpoint that --eval_only=True scores; a "
-                                         r"training run starts from --clip and a fresh decoder \(there is no "
-                                         r"fine-tuning from a checkpoint\)"):
-        train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "out", f"--ckpt={tmp_path}/missing.pt"))
+def test_the_evaluation_options_of_train_py_point_to_evaluate_py(synth_root, tiny_clip_file, tmp_path):
+    for option in (f"--ckpt={tmp_path}/missing.pt", "--eval_only=True", "--split=val", "--pictures=0"):
+        with pytest.raises(ValueError, match=r"^--\w+: scoring a checkpoint is python evaluate\.py --ckpt=out/ckpt\.pt "
+                                             r"\[--split=test\] \[--pictures=16\]$"):
+            train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "out", option))
     assert not (tmp_path / "out").exists()
 
 
 def test_paths_expand_the_home_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
-    cfg = train.parse_config(["--root=~/data", "--out_dir=~/runs/a", "--clip=~/clip.pt", "--ckpt=~/c.pt",
-                              "--dataset=pkl", "--pkl=~/x.pkl", "--images=~/img"])
-    assert (cfg.root, cfg.out_dir, cfg.clip, cfg.ckpt, cfg.pkl, cfg.images) == tuple(
-        str(tmp_path / f) for f in ("data", "runs/a", "clip.pt", "c.pt", "x.pkl", "img"))
+    cfg = train.parse_config(["--root=~/data", "--out_dir=~/runs/a", "--clip=~/clip.pt", "--dataset=pkl",
+                              "--pkl=~/x.pkl", "--images=~/img"])
+    assert (cfg.root, cfg.out_dir, cfg.clip, cfg.pkl, cfg.images) == tuple(
+        str(tmp_path / f) for f in ("data", "runs/a", "clip.pt", "x.pkl", "img"))
     assert train.parse_config(["--clip=ViT-B/32"]).clip == "ViT-B/32"
 
 
@@ -222,16 +225,18 @@ def test_overwrite_removes_the_replaced_runs_files_and_only_those(trained_run, s
     (out / "metrics.json").write_text("the user's too")
     train.main(tiny_args(synth_root, tiny_clip_file, out, "--overwrite=True", "--epochs=1"))
     log = capsys.readouterr().out
-    assert re.search(r"--overwrite=True: this run replaces the one in .*used; removed ckpt\.pt, failures_val\.png, "
-                     r"last\.pt, log\.csv, metrics_test\.json, metrics_val\.json", log)
-    assert not set(old) & set(os.listdir(out))
+    assert re.search(r"--overwrite=True: this run replaces the one in .*used; removed ckpt\.pt, failures_test\.png, "
+                     r"failures_val\.png, last\.pt, log\.csv, metrics_test\.json, metrics_val\.json", log)
+    # removed, or written anew by this run (similarity.png and .csv: every run's evaluation writes them)
+    assert all(not (out / name).exists() or (out / name).read_bytes() != text.encode() for name, text in old.items())
+    assert {"similarity.png", "similarity.csv"} <= set(os.listdir(out))
     assert (out / "notes.txt").read_text() == "the user's" and (out / "metrics.json").read_text() == "the user's too"
     assert log_rows(out / "log.csv")[-1] == ("test", "8")
 
 
-def test_eval_only_takes_the_dataset_from_the_checkpoint(trained_run, tmp_path, capsys):
+def test_evaluate_takes_the_dataset_from_the_checkpoint(trained_run, tmp_path, capsys):
     shutil.copy(os.path.join(trained_run[0], "ckpt.pt"), tmp_path / "ckpt.pt")
-    m = train.main([f"--out_dir={tmp_path}", "--eval_only=True", "--workers=0", "--pictures=0"])
+    m = evaluate.main([f"--ckpt={tmp_path}/ckpt.pt", "--workers=0", "--pictures=0"])
     assert set(m) >= {"mA"} and "on synth test: 32 images" in capsys.readouterr().out
 
 

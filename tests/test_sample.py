@@ -36,7 +36,7 @@ def test_json_folder_pictures_attention_and_a_bad_image(trained_run, synth_root,
         Image.open(os.path.join(synth_root, "images", f"{i:06d}.png")).save(folder / f"p{i}.jpg")
     (folder / "broken.jpg").write_bytes(b"not an image")
     pictures = tmp_path / "pictures"
-    rc = sample.main([str(folder), f"--ckpt={out}/ckpt.pt", "--json", f"--out={pictures}", "--attention=True",
+    rc = sample.main([str(folder), f"--ckpt={out}/ckpt.pt", "--json=True", f"--out_dir={pictures}", "--attention=True",
                       "--layers=all", "--batch_size=2"])
     captured = capsys.readouterr()
     assert rc == 1  # one image failed, the others got their predictions
@@ -91,10 +91,14 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match=r"other.pt is not a checkpoint of train.py"):
         sample.main(["x.jpg", f"--ckpt={tmp_path}/other.pt"])
     (tmp_path / "pictures").write_text("a file")
-    with pytest.raises(ValueError, match=r"--out=.*pictures is a file; expected a folder"):
-        sample.main(["x.jpg", f"--out={tmp_path}/pictures"])
+    with pytest.raises(ValueError, match=r"--out_dir=.*pictures is a file; expected a folder"):
+        sample.main(["x.jpg", f"--out_dir={tmp_path}/pictures"])
     with pytest.raises(ValueError, match=r"no images given"):
-        sample.main(["--json"])
+        sample.main(["--json=True"])
+    with pytest.raises(ValueError, match=r"^--json: expected --json=True or --json=False$"):
+        sample.main(["x.jpg", "--json"])
+    with pytest.raises(ValueError, match=r"^--out: it is --out_dir now$"):
+        sample.main(["x.jpg", "--out=pics"])
     with pytest.raises(ValueError, match=r"unknown option --foo"):
         sample.main(["x.jpg", "--foo=1"])
     with pytest.raises(ValueError, match=r"--layers=first: expected last or all"):
@@ -116,7 +120,7 @@ def test_images_are_predicted_as_a_viewer_shows_them(trained_run, synth_root, tm
     Image.fromarray(grey).save(folder / "c_grey8.png")
     write_png(folder / "d_grey16.png", grey.astype(np.uint16) * 257, bit_depth=16)
     write_png(folder / "e_huge.png", np.zeros((1, 1, 3)), size=(40000, 40000))
-    rc = sample.main([str(folder), f"--ckpt={out}/ckpt.pt", "--json", "--batch_size=8"])
+    rc = sample.main([str(folder), f"--ckpt={out}/ckpt.pt", "--json=True", "--batch_size=8"])
     captured = capsys.readouterr()
     result = {os.path.basename(r["image"]): r for r in json.loads(captured.out)}
     assert rc == 1 and "exceeds limit" in result["e_huge.png"]["error"] and "e_huge.png" in captured.err
@@ -178,9 +182,9 @@ def test_folders_empty_linked_and_our_own(trained_run, synth_root, tmp_path, cap
     os.symlink(elsewhere, folder / "linked")  # a linked folder is read ...
     os.symlink(folder, folder / "linked" / "up")  # ... and a link back up is not a loop
     pictures = folder / "pictures"
-    assert sample.main([str(folder), f"--ckpt={out}/ckpt.pt", f"--out={pictures}", "--workers=0"]) == 0
+    assert sample.main([str(folder), f"--ckpt={out}/ckpt.pt", f"--out_dir={pictures}", "--workers=0"]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("  ")]
     assert printed == [f"{folder}/a.png", f"{folder}/linked/b.png"] and len(os.listdir(pictures)) == 2
     # the pictures we wrote are in the folder we read: a second run does not read them
-    assert sample.main([str(folder), f"--ckpt={out}/ckpt.pt", f"--out={pictures}", "--workers=0"]) == 0
+    assert sample.main([str(folder), f"--ckpt={out}/ckpt.pt", f"--out_dir={pictures}", "--workers=0"]) == 0
     assert [line for line in capsys.readouterr().out.splitlines() if not line.startswith("  ")] == printed

@@ -46,8 +46,8 @@ def test_config_overrides():
     assert cfg.epochs == 50 and cfg.batch_size == 32 and cfg.weight_decay == 1e-4  # the paper's recipe
     synth = train.parse_config(["--dataset=synth", "--lr=0.01"])
     assert synth.clip == "tiny" and synth.epochs == 6 and synth.lr == 0.01  # synth defaults, then overrides
-    plain = train.parse_config(["--dataset=synth", "--preset="])
-    assert plain.preset == "" and plain.clip == "ViT-L/14" and plain.eval_interval == 0  # the paper's recipe on synth
+    plain = train.parse_config(["--dataset=synth", "--preset=paper"])
+    assert plain.preset == "paper" and plain.clip == "ViT-L/14" and plain.eval_interval == 0  # the paper's recipe on synth
 
 
 def test_optimizer_holds_every_trainable_weight_once():
@@ -70,9 +70,9 @@ def test_optimizer_holds_every_trainable_weight_once():
 
 @pytest.mark.parametrize("argv, message", [
     (["--nope=1"], r"unknown option --nope; valid options: dataset, root, .*, seed"),
-    (["--lr=fast"], r"--lr=fast: expected a float"),
-    (["--batch_size=2.5"], r"--batch_size=2.5: expected a int"),
-    (["--resume=yes"], r"--resume=yes: expected a bool"),
+    (["--lr=fast"], r"--lr=fast: expected a number"),
+    (["--batch_size=2.5"], r"--batch_size=2.5: expected an integer"),
+    (["--resume=yes"], r"--resume=yes: expected True or False"),
     (["lr=1"], r"bad argument 'lr=1': expected --key=value"),
 ])
 def test_bad_overrides(argv, message):
@@ -126,7 +126,7 @@ def test_resume_refuses_another_attribute_set(trained_run, tmp_path, tiny_clip_f
                     "--resume=True", "--workers=0"])
 
 
-def test_script_errors_are_one_line(tmp_path):
+def test_train_py_errors_are_one_line(tmp_path):
     r = run_script("train.py", "--nope=1")
     assert r.returncode == 1 and r.stderr.startswith("error: unknown option --nope") and r.stderr.count("\n") == 1
     r = run_script("train.py", "--dataset=peta", f"--root={tmp_path / 'peta'}")
