@@ -41,7 +41,6 @@ import torch.nn.functional as F
 import cli
 import clip
 import train
-from checkpoint import resolve_device
 import synth
 from data import PROMPTS, load_dataset
 from pixels import PARImages, augment, crop_pad, load_images
@@ -79,7 +78,7 @@ def parse_args(argv):
             raise ValueError(f"--{name}={getattr(opts, name)}: expected {expected}")
     if opts.train and opts.clip:
         raise ValueError(f"--train=True measures the demo's tiny CLIP; leave out --clip={opts.clip}")
-    return dataclasses.replace(opts, device=resolve_device(opts.device),
+    return dataclasses.replace(opts, device=cli.resolve_device(opts.device),
                                repeats=opts.repeats or (1 if opts.clip not in ("", "tiny") else 3),
                                batch_size=opts.batch_size or (train.PRESETS["synth"]["batch_size"] if opts.train else 8))
 

@@ -1,47 +1,18 @@
 """
-The files of a run: written atomically, read back without running any code, and the model rebuilt from a checkpoint
-alone; and the device it all runs on.
+Checkpoints: every file written atomically, a checkpoint read back without running any code, and the model rebuilt
+from a checkpoint alone.
 
 A checkpoint is a dict of tensors and plain Python values (dicts, lists, strings, numbers): the model's weights, its
 CLIP and decoder configs, the prompts and attribute names, the training config and step. torch.load(...,
 weights_only=True) reads exactly that and refuses anything else, so a checkpoint handed to us can never run code.
 """
 import os
-import re
 import warnings
 
 import torch
 
 import clip
 from decoder import DecoderConfig, LinearHead, SequencePAR
-
-
-def resolve_device(name):
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    m = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if name != "cpu" and not m:
-        raise ValueError(f"--device={name}: expected auto, cpu, cuda or cuda:N")
-    if m and int(m[1] or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA GPUs")
-    return name
-
-
-# the files a run writes into its out_dir, and their temporary names while save_atomic writes them
-RUN_FILE = re.compile(r"ckpt\.pt|last\.pt|log\.csv|(metrics|predictions|failures)_\w+\.(json|csv|png)|similarity\.(png|csv)")
-TMP_NAME = re.compile(rf"({RUN_FILE.pattern})\.tmp")
-
-
-def writable_folder(out):
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out_dir={out} is a file; expected a folder")
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"--out_dir={out} is not writable ({e.strerror})") from None
 
 
 def save_atomic(path, write, tmp=None):

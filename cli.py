@@ -17,6 +17,8 @@ import os
 import re
 import sys
 
+import torch
+
 EXPECTED = {bool: "True or False", int: "an integer", float: "a number"}
 
 
@@ -98,3 +100,15 @@ def run(main, config_class, doc, epilog=""):
     except KeyboardInterrupt as e:
         print(str(e) or "interrupted", file=sys.stderr)
         sys.exit(getattr(e, "code", None) or 130)  # a run stopped by a signal exits as the signal would have it
+
+
+def resolve_device(name):
+    """The --device option of every script: auto (cuda when there is one), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if name != "cpu" and not m:
+        raise ValueError(f"--device={name}: expected auto, cpu, cuda or cuda:N")
+    if m and int(m[1] or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA GPUs")
+    return name

@@ -1,13 +1,13 @@
 """
 SequencePAR: pedestrian attributes generated as a sequence (arXiv 2312.01640).
 
-CLIP turns the image into N tokens and each attribute's prompt into one vector; a GPT-style decoder reads
+CLIP turns the image into L tokens and each attribute's prompt into one vector; a GPT-style decoder reads
 `<bos>`, then the positive attributes so far, attends to the image tokens, and predicts the next attribute or
 `<eos>`. Training is teacher forcing; inference decodes greedily or with beam search: `generate_simple` is the
 definition of greedy decoding, `generate` the same with a KV cache, and beam search. At the end, `LinearHead`: the
 multi-label classifier SequencePAR replaces, with the same interface, the baseline of our experiments.
 
-Shapes: B batch, T attribute positions, N image tokens, D width (CLIP's embed dim), nh heads, hs head size,
+Shapes: B batch, T attribute positions, L image tokens, D width (CLIP's embed dim), nh heads, hs head size,
 A attributes, V = A + 3 vocabulary (`<bos>`, `<eos>`, `<pad>`, then attribute i as id 3 + i).
 """
 import math
@@ -71,9 +71,9 @@ class CrossAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def memory_kv(self, memory):
-        B, N, D = memory.shape
+        B, L, D = memory.shape
         k, v = self.c_kv(memory).split(D, dim=2)
-        return tuple(t.view(B, N, self.n_head, D // self.n_head).transpose(1, 2) for t in (k, v))  # (B, nh, N, hs)
+        return tuple(t.view(B, L, self.n_head, D // self.n_head).transpose(1, 2) for t in (k, v))  # (B, nh, L, hs)
 
     def forward(self, x, kv, weights=False):
         B, T, D = x.shape
@@ -81,7 +81,7 @@ class CrossAttention(nn.Module):
         if weights:
             # the attention written out, as nanoGPT keeps it beside SDPA: the same output, and the weights, which
             # SDPA does not return, for whoever wants to see where each position looks (sample.py's attention maps)
-            att = (q @ kv[0].transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)  # (B, nh, T, N)
+            att = (q @ kv[0].transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)  # (B, nh, T, L)
             y = F.dropout(att, self.dropout, self.training) @ kv[1]
         else:
             y = F.scaled_dot_product_attention(q, *kv, dropout_p=self.dropout if self.training else 0.0)
@@ -116,7 +116,7 @@ class Block(nn.Module):
         y = self.cross_attn(self.ln_2(x), kv, weights)
         x = x + (y[0] if weights else y)
         x = x + self.mlp(self.ln_3(x))
-        return (x, y[1]) if weights else x  # weights=True: also the cross-attention weights (B, nh, T, N)
+        return (x, y[1]) if weights else x  # weights=True: also the cross-attention weights (B, nh, T, L)
 
 
 def labels_to_targets(labels):
@@ -185,7 +185,7 @@ class SequencePAR(nn.Module):
         self.register_buffer("loss_weight", weight)
         # Initialisation of the decoder only (CLIP keeps its own, possibly pretrained, weights). Linear layers get
         # std D^-0.5 as in CLIP's transformers, so activations stay of order one at any width; nanoGPT's fixed 0.02
-        # is that only for D ~ 2500, and left a 128-wide decoder deaf to the image for hundreds of steps.
+        # equals that only for D ~ 2500, and is far too small for a narrow decoder, whose blocks then start near zero.
         for module in self.transformer.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=D ** -0.5)
@@ -201,17 +201,17 @@ class SequencePAR(nn.Module):
     def token_table(self):
         # (V, D) embedding of every id: the learned specials, then the CLIP text features of the prompts (section
         # 3.2). We encode the prompts afresh on every call, so the table always follows the weights: cut to their
-        # longest prompt, the A prompts cost a few percent of a generate call.
-        # Every token is a unit vector, as CLIP compares its features. Raw text features are ~50x larger than the
-        # decoder's other embeddings, and in a pre-norm stack such a token would drown what the blocks add to it:
-        # the image would hardly reach the logits.
+        # longest prompt, the A prompts cost little beside the image encoder.
+        # Every token is a unit vector, as CLIP compares its features. Raw text features are far larger than the
+        # decoder's other embeddings (std 0.02), and in a pre-norm stack such a token would drown what the blocks add
+        # to it: the image would hardly reach the logits.
         text = self.clip.encode_text(self.prompt_tokens, self.prompt_embedding)
         return F.normalize(torch.cat([self.transformer.wte.weight, text]), dim=-1)
 
     def decode(self, idx, kvs, table, cache=None, start=0, attention=False):
         # idx (B, T): ids at positions start .. start + T - 1; kvs: per layer, the image tokens' keys and values.
         # attention=True: the cross-attention takes the written-out path, and decode also returns its weights, a
-        # list of one (B, nh, T, N) per layer
+        # list of one (B, nh, T, L) per layer
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
         x = self.transformer.drop(F.embedding(idx, table) + self.transformer.wpe(pos))  # (B, T, D)
         atts = []
@@ -223,15 +223,16 @@ class SequencePAR(nn.Module):
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
         return (logits, atts) if attention else logits
 
-    def encode(self, images):
-        memory = self.clip.encode_image(images, all_tokens=True)  # (B, N, D), section 3.2
+    def memory_kv(self, images):
+        # the image tokens' keys and values for every layer's cross-attention: a list of (k, v), each (B, nh, L, hs)
+        memory = self.clip.encode_image(images, all_tokens=True)  # (B, L, D), section 3.2
         return [block.cross_attn.memory_kv(memory) for block in self.transformer.h]
 
     def forward(self, images, targets):
         # targets (B, A + 2) from labels_to_targets. Columns past the longest sequence in the batch hold only
         # <pad>, which is never a target and (causal mask) never influences earlier positions: we drop them.
         targets = targets[:, :int((targets != PAD).sum(1).max())]
-        logits = self.decode(targets[:, :-1], self.encode(images), self.token_table())  # (B, T, V)
+        logits = self.decode(targets[:, :-1], self.memory_kv(images), self.token_table())  # (B, T, V)
         # next-token NLL; <eos> is a target (that is how the model learns to stop), <pad> is not (section 3.4)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, 1:].flatten(), weight=self.loss_weight,
                                ignore_index=PAD)
@@ -254,7 +255,7 @@ class SequencePAR(nn.Module):
         prefix and appends the most probable allowed id, until every sequence has emitted <eos>; after the last
         attribute only <eos> is allowed. Returns what generate(images, beam_size=1) does, slower."""
         B, A = images.shape[0], self.n_attr
-        kvs, table = self.encode(images), self.token_table()
+        kvs, table = self.memory_kv(images), self.token_table()
         seq = torch.full((B, 1), BOS, dtype=torch.long, device=images.device)  # (B, T): the ids so far
         probs = torch.zeros(B, A + N_SPECIAL, device=images.device)  # the probability of each id when emitted
         for _ in range(A + 1):  # at most A attributes, then <eos>
@@ -278,7 +279,7 @@ class SequencePAR(nn.Module):
         positions are kept in a cache."""
         B, K, A = images.shape[0], beam_size, self.n_attr
         table = self.token_table()
-        kvs = [tuple(t.repeat_interleave(K, dim=0) for t in kv) for kv in self.encode(images)]  # (B*K, nh, N, hs)
+        kvs = [tuple(t.repeat_interleave(K, dim=0) for t in kv) for kv in self.memory_kv(images)]  # (B*K, nh, L, hs)
         k = kvs[0][0]
         shape = (B * K, k.shape[1], A + 1, k.shape[3])  # a slot for each input position: <bos> and A attributes
         cache = [dict(k=k.new_zeros(shape), v=k.new_zeros(shape)) for _ in kvs]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import cli
-from checkpoint import check_attributes, load_checkpoint, model_from_checkpoint, resolve_device, save_atomic
+from checkpoint import check_attributes, load_checkpoint, model_from_checkpoint, save_atomic
 from data import load_dataset
 from decoder import N_SPECIAL, SequencePAR
 from pixels import PARImages, check_images, read_image
@@ -279,7 +279,7 @@ def main(argv):
             raise ValueError(f"--{name}={getattr(cfg, name)}: expected {expected}")
     if int(os.environ.get("RANK", -1)) != -1:
         raise ValueError("evaluate.py runs in one process: start it with python, not torchrun")
-    device = resolve_device(cfg.device)
+    device = cli.resolve_device(cfg.device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     ckpt = load_checkpoint(cfg.ckpt)
     source = {k: ckpt["config"][k] for k in ("dataset", "root", "pkl", "images", "partition")}

@@ -10,14 +10,32 @@ import fcntl
 import io
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import threading
 
-from checkpoint import RUN_FILE, TMP_NAME, check_attributes, load_checkpoint, save_atomic, writable_folder
+from checkpoint import check_attributes, load_checkpoint, save_atomic
 
 RUN_FILES = ("ckpt.pt", "last.pt")  # a folder holding one of these holds a run
+# the files a run writes into its out_dir, and their temporary names while save_atomic writes them
+RUN_FILE = re.compile(r"ckpt\.pt|last\.pt|log\.csv|(metrics|predictions|failures)_\w+\.(json|csv|png)|similarity\.(png|csv)")
+TMP_NAME = re.compile(rf"({RUN_FILE.pattern})\.tmp")
+
+
 _held = {}  # folder (real path) -> the open file whose lock this process holds, until it exits
+
+
+def writable_folder(out):
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out_dir={out} is a file; expected a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"--out_dir={out} is not writable ({e.strerror})") from None
 
 
 def hold_folder(out):
@@ -101,7 +119,7 @@ def resume(path, model, optimizer, data, cfg, eval_split, log=print):
 class CSVLog:
     """out_dir/log.csv: a row per logged step and per evaluation, appended as training goes. A fresh run starts it
     anew; a resumed run keeps the rows up to the step it resumes from."""
-    FIELDS = ["kind", "step", "epoch", "loss", "lr", "decoder_lr", "img_per_s", "split", "mA", "Acc", "Prec", "Rec",
+    FIELDS = ["kind", "step", "epoch", "loss", "lr", "head_lr", "img_per_s", "split", "mA", "Acc", "Prec", "Rec",
               "F1", "F1_hm"]
 
     def __init__(self, path, resume_step=None):

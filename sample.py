@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 import cli
 import clip
-from checkpoint import load_checkpoint, model_from_checkpoint, resolve_device
+from checkpoint import load_checkpoint, model_from_checkpoint
 from pixels import build_transform, read_image
 from decoder import SequencePAR, labels_to_targets
 
@@ -104,8 +104,8 @@ def collate(items):
 def attention_maps(model, images, pred, layers="last"):
     """(B, A + 1, grid, grid): for each output position, the decoder's cross-attention over the image patches
     (class token dropped), averaged over heads and over the last or all layers, with the predictions fed back in."""
-    _, atts = model.decode(labels_to_targets(pred)[:, :-1], model.encode(images), model.token_table(), attention=True)
-    att = torch.stack(atts if layers == "all" else atts[-1:]).mean((0, 2))[:, :, 1:]  # (B, T, N - 1)
+    _, atts = model.decode(labels_to_targets(pred)[:, :-1], model.memory_kv(images), model.token_table(), attention=True)
+    att = torch.stack(atts if layers == "all" else atts[-1:]).mean((0, 2))[:, :, 1:]  # (B, T, L - 1)
     grid = int(att.shape[-1] ** 0.5)
     return att.view(*att.shape[:2], grid, grid)
 
@@ -157,7 +157,7 @@ def parse_args(argv):
 
 def main(argv):
     opts, inputs = parse_args(argv)
-    device = resolve_device(opts.device)
+    device = cli.resolve_device(opts.device)
     model, names = load_model(opts.ckpt, device, opts.compile)
     if opts.attention and not isinstance(model, SequencePAR):
         raise ValueError(f"--attention=True: {opts.ckpt} has the linear head; attention maps need the decoder")

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import cli
 import clip
-from checkpoint import load_checkpoint, resolve_device, save_atomic
+from checkpoint import load_checkpoint, save_atomic
 from data import label_warnings, load_dataset
 from decoder import DecoderConfig, LinearHead, SequencePAR, labels_to_targets
 from evaluate import evaluate, format_metrics, metrics, predict
@@ -55,8 +55,8 @@ class TrainConfig:
     # optim: the paper's recipe
     epochs: float = 50.0          # passes over the train split; the run is epochs x (train images // batch_size) steps
     batch_size: int = 32          # in total, over all processes
-    lr: float = 1e-6
-    decoder_lr: float = 0.0       # the decoder's (or linear layer's); 0: lr. lr stays CLIP's and the prompts' rate
+    lr: float = 1e-6              # CLIP's and the prompts' learning rate, and the head's unless head_lr is set
+    head_lr: float = 0.0          # the decoder's (or the linear layer's) learning rate; 0: the same as lr
     weight_decay: float = 1e-4
     warmup_epochs: float = 5.0
     grad_clip: float = 1.0        # 0: no clipping
@@ -74,8 +74,8 @@ class TrainConfig:
     preset: str = "auto"          # synth: the demo's small model and schedule; paper: the paper's recipe (the
                                   # defaults above); auto: synth for --dataset=synth, paper for any other dataset
     PATHS = ("root", "pkl", "images", "clip", "out_dir")  # the options that name files or folders: ~ is expanded
-    RENAMED = {k: "scoring a checkpoint is python evaluate.py --ckpt=out/ckpt.pt [--split=test] [--pictures=16]"
-               for k in ("eval_only", "ckpt", "split", "pictures")}
+    RENAMED = dict(decoder_lr="it is --head_lr now", **dict.fromkeys(("eval_only", "ckpt", "split", "pictures"),
+                   "scoring a checkpoint is python evaluate.py --ckpt=out/ckpt.pt [--split=test] [--pictures=16]"))
 
 
 # A preset replaces the paper's defaults with others; options given on the command line still win. The synthetic set
@@ -109,7 +109,7 @@ PRESETS_HELP = "presets:\n" + "\n".join(f"  {k}: " + (", ".join(f"{n}={v!r}" for
 def check_config(cfg):
     """One-line errors for options that cannot work, before any data is read or any model is built."""
     rules = [("epochs", cfg.epochs > 0, "a positive number"), ("batch_size", cfg.batch_size > 0, "a positive number"),
-             ("lr", cfg.lr > 0, "a positive number"), ("decoder_lr", cfg.decoder_lr >= 0, "0 or more"),
+             ("lr", cfg.lr > 0, "a positive number"), ("head_lr", cfg.head_lr >= 0, "0 or more"),
              ("weight_decay", cfg.weight_decay >= 0, "0 or more"), ("grad_clip", cfg.grad_clip >= 0, "0 or more"),
              ("warmup_epochs", 0 <= cfg.warmup_epochs <= cfg.epochs, f"between 0 and --epochs={cfg.epochs}"),
              ("eval_interval", cfg.eval_interval >= 0, "0 (once per epoch) or more steps"),
@@ -124,7 +124,7 @@ def check_config(cfg):
             raise ValueError(f"--{name}={getattr(cfg, name)}: expected {expected}")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume=True and --overwrite=True contradict each other: continue the run, or replace it")
-    resolve_device(cfg.device)
+    cli.resolve_device(cfg.device)
     width = TINY_CLIP.embed_dim if cfg.clip == "tiny" else clip.config(cfg.clip).embed_dim \
         if cfg.clip in clip.available_models() else None  # a CLIP file is checked once it is read
     check_heads(cfg.n_head, width)
@@ -183,7 +183,7 @@ def configure_optimizer(model, cfg):
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     clip_part = [p for n, p in named if n.startswith("clip.") or n == "prompt_embedding"]
     head_part = [p for n, p in named if not (n.startswith("clip.") or n == "prompt_embedding")]
-    for params, lr in ((clip_part, cfg.lr), (head_part, cfg.decoder_lr or cfg.lr)):
+    for params, lr in ((clip_part, cfg.lr), (head_part, cfg.head_lr or cfg.lr)):
         for chosen, decay in (([p for p in params if p.dim() >= 2], cfg.weight_decay), ([p for p in params if p.dim() < 2], 0.0)):
             if chosen:
                 groups.append(dict(params=chosen, weight_decay=decay))
@@ -208,7 +208,7 @@ def main(argv):
         rank, local_rank, world = dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     else:
-        rank, world, device = 0, 1, resolve_device(cfg.device)
+        rank, world, device = 0, 1, cli.resolve_device(cfg.device)
     master = rank == 0
     if cfg.batch_size % world:
         raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by the {world} processes")
@@ -329,13 +329,13 @@ def main(argv):
                 dt, t_log = time.time() - t_log, time.time()
                 rate = cfg.log_interval * cfg.batch_size / dt
                 eta = (max_iters - step) * dt / cfg.log_interval
-                clip_lr, decoder_lr = optimizer.param_groups[0]["lr"], optimizer.param_groups[-1]["lr"]
-                lrs = f"{clip_lr:.2e}" + (f"/{decoder_lr:.2e}" if decoder_lr != clip_lr else "")  # CLIP's/the decoder's
+                clip_lr, head_lr = optimizer.param_groups[0]["lr"], optimizer.param_groups[-1]["lr"]
+                lrs = f"{clip_lr:.2e}" + (f"/{head_lr:.2e}" if head_lr != clip_lr else "")  # CLIP's/the head's
                 log(f"step {step}/{max_iters} | epoch {step / iters_per_epoch:.2f} | loss {loss.item():.4f} | lr {lrs} "
                     f"| {rate:.0f} img/s | eta {int(eta // 60)}m{int(eta % 60):02d}s")
                 if master:
                     csv_log.write(kind="train", step=step, epoch=step / iters_per_epoch, loss=loss.item(), lr=clip_lr,
-                                  decoder_lr=decoder_lr, img_per_s=rate)
+                                  head_lr=head_lr, img_per_s=rate)
 
     m = None
     if master:

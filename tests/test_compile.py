@@ -87,7 +87,7 @@ def test_the_decoder_compiles_whole_at_a_symbolic_length(fresh_dynamo):
     prompts = [f"attribute {i}" for i in range(6)]
     model = SequencePAR(clip.CLIP(TINY), prompts, DecoderConfig(n_layer=2, n_head=2)).eval()
     images, idx = torch.randn(2, 3, 32, 32), torch.randint(0, 9, (2, 7))
-    kvs, table = model.encode(images), model.token_table()
+    kvs, table = model.memory_kv(images), model.token_table()
     decode = torch.compile(model.decode, fullgraph=True, dynamic=True, backend="eager")
     for T in (4, 7):
         torch.testing.assert_close(decode(idx[:, :T], kvs, table), model.decode(idx[:, :T], kvs, table))

@@ -98,7 +98,7 @@ def test_written_out_cross_attention_equals_sdpa():
     images = torch.randn(2, 3, 32, 32)
     idx = labels_to_targets(random_labels(2, 35, rate=0.5))[:, :10]
     with torch.no_grad():
-        kvs, table = model.encode(images), model.token_table()
+        kvs, table = model.memory_kv(images), model.token_table()
         logits, atts = model.decode(idx, kvs, table, attention=True)
         torch.testing.assert_close(logits, model.decode(idx, kvs, table), rtol=0, atol=1e-5)
     assert len(atts) == 3
@@ -112,7 +112,7 @@ def test_kv_cache_equals_full_recomputation():
     images = torch.randn(2, 3, 32, 32)
     seq = labels_to_targets(random_labels(2, 35, rate=0.6))[:, :12]
     with torch.no_grad():
-        kvs, table = model.encode(images), model.token_table()
+        kvs, table = model.memory_kv(images), model.token_table()
         k = kvs[0][0]
         cache = [dict(k=k.new_zeros(2, 4, 36, 8), v=k.new_zeros(2, 4, 36, 8)) for _ in kvs]
         for t in range(seq.shape[1]):
@@ -127,7 +127,7 @@ def reference_decode(model, image):
     A = model.n_attr
     seq, probs = [BOS], {}
     with torch.no_grad():
-        kvs, table = model.encode(image[None]), model.token_table()
+        kvs, table = model.memory_kv(image[None]), model.token_table()
         while True:
             p = model.decode(torch.tensor([seq]), kvs, table)[0, -1].softmax(-1)
             last = max(seq[1:], default=2)
@@ -196,7 +196,7 @@ def sequence_logp(model, image, attrs):
     # log-probability of <bos> attrs <eos> under teacher forcing (raw softmax, as beam search scores it)
     seq = torch.tensor([[BOS] + [3 + a for a in attrs] + [EOS]])
     with torch.no_grad():
-        logits = model.decode(seq[:, :-1], model.encode(image[None]), model.token_table())
+        logits = model.decode(seq[:, :-1], model.memory_kv(image[None]), model.token_table())
     return F.log_softmax(logits[0], -1).gather(1, seq[0, 1:, None]).sum().item()
 
 

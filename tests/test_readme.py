@@ -51,7 +51,7 @@ def test_the_shapes_at_the_real_size():
     labels[0, [1, 4, 9]], labels[1, [2, 30]] = 1, 1
     with torch.no_grad():
         tokens = model.clip.encode_image(images, all_tokens=True)
-        kv = model.encode(images)[0]
+        kv = model.memory_kv(images)[0]
         table = model.token_table()
         targets = labels_to_targets(labels)
         logits, _ = model(images, targets)

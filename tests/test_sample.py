@@ -62,7 +62,7 @@ def test_attention_maps_equal_cross_attention_by_hand(trained_run):
     blocks, inputs = model.transformer.h, []
     handles = [b.cross_attn.register_forward_pre_hook(lambda m, args: inputs.append(args[0])) for b in blocks]
     with torch.no_grad():
-        model.decode(sample.labels_to_targets(pred)[:, :-1], model.encode(images), model.token_table())
+        model.decode(sample.labels_to_targets(pred)[:, :-1], model.memory_kv(images), model.token_table())
         memory = model.clip.encode_image(images, all_tokens=True)  # (B, N, D)
     for h in handles:
         h.remove()

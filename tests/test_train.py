@@ -56,7 +56,7 @@ def test_optimizer_holds_every_trainable_weight_once():
                              vision_patch_size=16, transformer_width=32, transformer_heads=2, transformer_layers=1)
     model = SequencePAR(clip.CLIP(config), ["a person with a hat", "a person in boots"], DecoderConfig(1, 2, 0.0))
     model.clip.logit_scale.requires_grad_(False)
-    cfg = train.TrainConfig(lr=1e-3, decoder_lr=5e-3, weight_decay=0.1)
+    cfg = train.TrainConfig(lr=1e-3, head_lr=5e-3, weight_decay=0.1)
     optimizer, base_lrs = train.configure_optimizer(model, cfg)
     held = [(id(p), lr, g["weight_decay"]) for g, lr in zip(optimizer.param_groups, base_lrs) for p in g["params"]]
     trainable = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
