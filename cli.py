@@ -75,8 +75,8 @@ def usage(config_class, doc, epilog=""):
             lines.append((f"  --{field[1]}={defaults[field[1]]}".ljust(34) + (field[2] or "")).rstrip())
         elif comment:
             deep = len(line) - len(line.lstrip()) > 4  # a field comment's second line, aligned under the first
-            lines.append((" " * 34 if deep else "  ") + comment[1])
-    return "\n".join(lines + ([epilog.strip()] if epilog else []))
+            lines.append((" " * 34 if deep else "  # ") + comment[1])
+    return "\n".join(lines + (["", epilog.strip()] if epilog else []))
 
 
 def run(main, config_class, doc, epilog=""):

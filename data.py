@@ -450,7 +450,7 @@ def summary(name, data):
 
 @dataclass
 class DataConfig:
-    dataset: str = ""             # one of the names below
+    dataset: str = ""             # one of the datasets below
     root: str = ""                # "" reads data/<dataset>
     pkl: str = ""                 # a dataset pickle under root (pkl: "" takes the only one there)
     images: str = ""              # the pickle datasets' image folder under root ("" is the dataset's default)
@@ -461,8 +461,7 @@ class DataConfig:
                for k in ("n", "seed")}
 
 
-EPILOG = (f"Reads the dataset, prints its attributes, splits and positive rates, and checks that every image is there. "
-          f"Datasets: {', '.join(DATASETS)} (python synth.py draws the synthetic set anew).")
+EPILOG = (f"datasets: {', '.join(DATASETS)}\n(python synth.py draws the synthetic set anew)")
 
 
 def main(argv):

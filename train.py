@@ -49,27 +49,27 @@ class TrainConfig:
     clip: str = "ViT-L/14"        # an official name, a CLIP checkpoint file, or "tiny" (small, random, no download)
     head: str = "sequencepar"     # or "linear": the multi-label baseline, CLIP's image embedding -> Linear -> sigmoid
     n_layer: int = 6              # the decoder's (SequencePAR only)
-    n_head: int = 8
-    dropout: float = 0.1
+    n_head: int = 8               # the decoder's attention heads; they divide CLIP's embedding width
+    dropout: float = 0.1          # the decoder's
     weighted_loss: bool = False   # rare attributes weigh more: the paper's weighted NLL, or weighted BCE for linear
     # optim: the paper's recipe
     epochs: float = 50.0          # passes over the train split; the run is epochs x (train images // batch_size) steps
     batch_size: int = 32          # in total, over all processes
     lr: float = 1e-6              # CLIP's and the prompts' learning rate, and the head's unless head_lr is set
     head_lr: float = 0.0          # the decoder's (or the linear layer's) learning rate; 0: the same as lr
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 5.0
+    weight_decay: float = 1e-4    # AdamW's, on matrices only
+    warmup_epochs: float = 5.0    # a linear warm-up, then cosine decay to 0 at the last step
     grad_clip: float = 1.0        # 0: no clipping
     # eval/log
     out_dir: str = "out"
     eval_interval: int = 0        # steps between evaluations; 0 means once per epoch
-    log_interval: int = 50
-    beam_size: int = 1
+    log_interval: int = 50        # steps between log lines
+    beam_size: int = 1            # decoding in every evaluation; 1: greedy
     resume: bool = False          # continue the run in out_dir from its last.pt
     overwrite: bool = False       # start afresh in an out_dir that holds another run, replacing its checkpoints
     # system
     device: str = "auto"          # cuda when there is one
-    compile: bool = False
+    compile: bool = False         # torch.compile the model
     seed: int = 0
     preset: str = "auto"          # synth: the demo's small model and schedule; paper: the paper's recipe (the
                                   # defaults above); auto: synth for --dataset=synth, paper for any other dataset

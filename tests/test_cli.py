@@ -69,5 +69,5 @@ def test_help_is_read_off_the_dataclass():
     lines = cli.usage(Example, "Example: what it does.", "the end").splitlines()
     assert lines[:3] == ["Example: what it does.", "", "options (--key=value):"]
     assert lines[3:] == ["  --name=x".ljust(34) + "a string", "  --size=2".ljust(34) + "a count; this comment goes on",
-                         " " * 34 + "on a second line", "  a heading", "  --rate=0.5", "  --flag=False",
-                         "  --path=~/here", "the end"]
+                         " " * 34 + "on a second line", "  # a heading", "  --rate=0.5", "  --flag=False",
+                         "  --path=~/here", "", "the end"]
