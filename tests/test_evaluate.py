@@ -1,4 +1,5 @@
-"""evaluate.py and --eval_only: per-attribute metrics by hand, the files a run writes, recomputed from scratch."""
+"""evaluate.py: the metrics and per-attribute metrics by hand, the report, the files an evaluation writes, recomputed
+from scratch, and what it refuses."""
 import csv
 import json
 import os
@@ -13,8 +14,34 @@ from PIL import Image
 
 import evaluate
 import sample
-import train
-from conftest import tiny_args
+
+
+def test_metrics_by_hand():
+    gt = [[1, 0, 1], [0, 0, 0], [1, 1, 0], [1, 0, 0]]
+    pred = [[1, 1, 0], [0, 0, 0], [1, 1, 0], [1, 1, 1]]
+    m = evaluate.metrics(np.array(gt), np.array(pred))
+    # per attribute (pos recall + neg recall) / 2: (1 + 1) / 2, (1 + 1/3) / 2, (0 + 2/3) / 2
+    assert m["mA"] == pytest.approx(100 * (1 + 2 / 3 + 1 / 3) / 3)
+    # per sample I/U: 1/3, 0 (empty gt and pred: 0 / eps), 1, 1/3
+    assert m["Acc"] == pytest.approx(100 * 5 / 12)
+    assert m["Prec"] == pytest.approx(100 * (1 / 2 + 0 + 1 + 1 / 3) / 4)
+    assert m["Rec"] == pytest.approx(100 * (1 / 2 + 0 + 1 + 1) / 4)
+    assert m["F1"] == pytest.approx(100 * (1 / 2 + 0 + 1 + 1 / 2) / 4)
+    prec, rec = 11 / 24, 5 / 8
+    assert m["F1_hm"] == pytest.approx(100 * 2 * prec * rec / (prec + rec))
+    assert list(m) == ["mA", "Acc", "Prec", "Rec", "F1", "F1_hm"]
+
+
+def test_metrics_eps_edge_cases():
+    # an attribute no sample has: its positive recall is 0 / eps = 0, so it scores at most 50
+    gt = np.array([[0, 1], [0, 0]])
+    m = evaluate.metrics(gt, gt)
+    assert m["mA"] == pytest.approx(100 * (0.5 + 1.0) / 2)
+    # a sample with no prediction: precision 0 / eps = 0, not a division error; no negatives: neg recall 0 too
+    m = evaluate.metrics(np.array([[1, 1]]), np.array([[0, 0]]))
+    assert m == {"mA": 0.0, "Acc": 0.0, "Prec": 0.0, "Rec": 0.0, "F1": 0.0, "F1_hm": 0.0}
+    m = evaluate.metrics(np.ones((3, 4)), np.ones((3, 4)))
+    assert m["Acc"] == pytest.approx(100) and m["F1"] == pytest.approx(100) and m["mA"] == pytest.approx(50)
 
 
 def test_attribute_metrics_by_hand():
@@ -35,6 +62,18 @@ def test_attribute_metrics_by_hand():
     assert table[0].startswith("mA 66.67 | Acc 41.67") and "1.75 emitted, 1.25 true" in table[1]
     assert re.fullmatch(r"\| hair +\| +25\.00 \| +66\.67 \| +100\.00 \| +33\.33 \| +33\.33 \| +50\.00 \|", table[-2])
     assert len({len(line) for line in table[3:]}) == 1  # aligned, and a Markdown table
+
+
+def test_the_report_names_attributes_without_positives(tmp_path):
+    gt = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1]])
+    pred = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1]])
+    lines = evaluate.report(["hat", "bag", "coat"], gt, pred).splitlines()
+    assert lines[2] == "note: mA averages in attributes without positives here (their mA is at most 50; marked *): bag"
+    assert lines[3] == "note: mA averages in attributes without negatives here (their mA is at most 50; marked *): coat"
+    assert re.match(r"\| bag \* +\| +0\.00 \| +33\.33 \|", lines[-2]) and len({len(x) for x in lines[5:]}) == 1
+    assert evaluate.one_sided(["hat", "bag", "coat"], gt) == dict(without_positives=["bag"], without_negatives=["coat"])
+    m = evaluate.metrics(gt, pred)  # still the standard mA: the mean over every attribute
+    assert m["mA"] == pytest.approx(np.mean([(1 / 2 + 1) / 2, (0 + 2 / 3) / 2, (1 + 0) / 2]) * 100)
 
 
 def read_predictions(path, names):
@@ -93,6 +132,12 @@ def test_evaluate_writes_what_a_table_is_built_from(trained_run, synth_root, tin
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
+def test_evaluate_takes_the_dataset_from_the_checkpoint(trained_run, tmp_path, capsys):
+    shutil.copy(os.path.join(trained_run[0], "ckpt.pt"), tmp_path / "ckpt.pt")
+    m = evaluate.main([f"--ckpt={tmp_path}/ckpt.pt", "--workers=0", "--pictures=0"])
+    assert set(m) >= {"mA"} and "on synth test: 32 images" in capsys.readouterr().out
+
+
 def test_evaluate_refuses_another_dataset_and_torchrun(trained_run, tmp_path, tiny_clip_file, monkeypatch):
     out, _, _ = trained_run
     root = tmp_path / "other"
@@ -107,25 +152,3 @@ def test_evaluate_refuses_another_dataset_and_torchrun(trained_run, tmp_path, ti
         evaluate.main(["--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt"])
 
 
-def log_rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def test_log_csv_after_a_run_and_a_resume(trained_run, synth_root, tiny_clip_file, tmp_path):
-    out, _, result = trained_run
-    rows = log_rows(os.path.join(out, "log.csv"))
-    best = str(torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"])  # the test row is the selected model's
-    assert [(r["kind"], r["step"]) for r in rows] == [("train", str(s)) for s in range(1, 9)] + [("eval", "8")] + \
-        [("train", str(s)) for s in range(9, 17)] + [("eval", "16"), ("test", best)]
-    assert float(rows[0]["loss"]) > 0 and float(rows[0]["img_per_s"]) > 0 and float(rows[0]["lr"]) > 0
-    assert rows[8]["split"] == "val" and float(rows[-1]["mA"]) == pytest.approx(result["mA"], abs=1e-4)
-    for f in ("ckpt.pt", "last.pt", "log.csv"):
-        shutil.copy(os.path.join(out, f), tmp_path / f)
-    with open(tmp_path / "log.csv", "a") as f:  # rows a killed run logged after its last save are dropped
-        f.write("train,17,2.125,0.5,0.001,0.001,100,,,,,,,\n")
-    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path, "--epochs=3", "--resume=True"))
-    rows = [(r["kind"], r["step"]) for r in log_rows(tmp_path / "log.csv")]
-    assert rows[:19] == [(r["kind"], r["step"]) for r in log_rows(os.path.join(out, "log.csv"))]  # the whole history
-    best = str(torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"])
-    assert rows[19:] == [("train", str(s)) for s in range(17, 25)] + [("eval", "24"), ("test", best)]

@@ -1,5 +1,5 @@
-"""run.py: one run per out_dir, the stop signals that save, a resume that can always finish, and the options that
-do not apply to a training run."""
+"""run.py: one run per out_dir, the stop signals that save, a resume that can always finish, the log.csv a run
+and its resume write (CSVLog)."""
 import csv
 import json
 import os
@@ -10,10 +10,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import evaluate
 import train
@@ -141,18 +139,6 @@ def test_sigterm_saves_and_the_resume_continues_at_the_next_batch(synth_root, ti
     assert re.findall(r"^step (\d+)/1280", log, re.M)[0] == str(step + 1)
 
 
-def test_a_truncated_test_image_with_decode_fails_before_the_first_step(synth_root, tiny_clip_file, tmp_path, capsys):
-    root = tmp_path / "synth"
-    shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns(".images-*"))
-    data = train.load_dataset("synth", str(root))
-    broken = data.image_paths[data.splits["test"][-1]]
-    with open(broken, "r+b") as f:
-        f.truncate(os.path.getsize(broken) // 2)
-    with pytest.raises(FileNotFoundError, match=rf"^1 of 320 images are missing or unreadable: {re.escape(broken)} "):
-        train.main(tiny_args(str(root), tiny_clip_file, tmp_path / "out", "--decode=True"))
-    assert not re.search(r"^step 1/", capsys.readouterr().out, re.M)
-
-
 def interrupted_run(synth_root, tiny_clip_file, out, step, *extra):
     """A run's folder as a stop signal at `step` leaves it: last.pt holds the state and no metrics, and nothing else
     is there, since no evaluation happened yet."""
@@ -196,23 +182,6 @@ def test_resume_refuses_changed_prompts(synth_root, tiny_clip_file, tmp_path):
         train.main(args + ["--resume=True"])
 
 
-def test_the_evaluation_options_of_train_py_point_to_evaluate_py(synth_root, tiny_clip_file, tmp_path):
-    for option in (f"--ckpt={tmp_path}/missing.pt", "--eval_only=True", "--split=val", "--pictures=0"):
-        with pytest.raises(ValueError, match=r"^--\w+: scoring a checkpoint is python evaluate\.py --ckpt=out/ckpt\.pt "
-                                             r"\[--split=test\] \[--pictures=16\]$"):
-            train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "out", option))
-    assert not (tmp_path / "out").exists()
-
-
-def test_paths_expand_the_home_folder(monkeypatch, tmp_path):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    cfg = train.parse_config(["--root=~/data", "--out_dir=~/runs/a", "--clip=~/clip.pt", "--dataset=pkl",
-                              "--pkl=~/x.pkl", "--images=~/img"])
-    assert (cfg.root, cfg.out_dir, cfg.clip, cfg.pkl, cfg.images) == tuple(
-        str(tmp_path / f) for f in ("data", "runs/a", "clip.pt", "x.pkl", "img"))
-    assert train.parse_config(["--clip=ViT-B/32"]).clip == "ViT-B/32"
-
-
 def test_overwrite_removes_the_replaced_runs_files_and_only_those(trained_run, synth_root, tiny_clip_file, tmp_path,
                                                                    capsys):
     out = tmp_path / "used"
@@ -234,43 +203,25 @@ def test_overwrite_removes_the_replaced_runs_files_and_only_those(trained_run, s
     assert log_rows(out / "log.csv")[-1] == ("test", "8")
 
 
-def test_evaluate_takes_the_dataset_from_the_checkpoint(trained_run, tmp_path, capsys):
-    shutil.copy(os.path.join(trained_run[0], "ckpt.pt"), tmp_path / "ckpt.pt")
-    m = evaluate.main([f"--ckpt={tmp_path}/ckpt.pt", "--workers=0", "--pictures=0"])
-    assert set(m) >= {"mA"} and "on synth test: 32 images" in capsys.readouterr().out
+def log_records(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
-def test_the_report_names_attributes_without_positives(tmp_path):
-    import evaluate
-    gt = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1]])
-    pred = np.array([[1, 0, 1], [0, 1, 1], [0, 0, 1]])
-    lines = evaluate.report(["hat", "bag", "coat"], gt, pred).splitlines()
-    assert lines[2] == "note: mA averages in attributes without positives here (their mA is at most 50; marked *): bag"
-    assert lines[3] == "note: mA averages in attributes without negatives here (their mA is at most 50; marked *): coat"
-    assert re.match(r"\| bag \* +\| +0\.00 \| +33\.33 \|", lines[-2]) and len({len(x) for x in lines[5:]}) == 1
-    assert evaluate.one_sided(["hat", "bag", "coat"], gt) == dict(without_positives=["bag"], without_negatives=["coat"])
-    m = evaluate.metrics(gt, pred)  # still the standard mA: the mean over every attribute
-    assert m["mA"] == pytest.approx(np.mean([(1 / 2 + 1) / 2, (0 + 2 / 3) / 2, (1 + 0) / 2]) * 100)
-
-
-def csv_rows(root, header, rows):
-    root.mkdir()
-    (root / "labels.csv").write_text("\n".join([header] + rows) + "\n")
-    for r in rows:
-        name = r.split(",")[0]
-        if not (root / name).exists():
-            Image.new("RGB", (8, 16)).save(root / name)
-    return root
-
-
-def test_a_leak_and_unlearnable_attributes_are_warned_about(tiny_clip_file, tmp_path, capsys):
-    rows = [f"{i}.png,train,{i % 2},0" for i in range(40)] + [f"{i}.png,test,{i % 2},{i % 3 == 0:d}" for i in range(38, 44)]
-    rows += ["2.png,train,1,0"]
-    root = csv_rows(tmp_path / "set", "image,split,hat,bag", rows)
-    train.main(["--dataset=csv", f"--root={root}", f"--clip={tiny_clip_file}", f"--out_dir={tmp_path / 'out'}",
-                "--workers=0", "--epochs=1", "--warmup_epochs=0.0", "--n_layer=1"])
-    log = capsys.readouterr().out
-    # 2.png twice in train; 38.png and 39.png once in train, once in test
-    assert "warning: csv: images listed more than once: 3 (2 with different labels), such as " in log
-    assert re.search(r"^warning: csv: images in both train and test: 2, such as .*38\.png$", log, re.M)
-    assert "warning: csv: attributes without a positive image in train: bag" in log
+def test_log_csv_after_a_run_and_a_resume(trained_run, synth_root, tiny_clip_file, tmp_path):
+    out, _, result = trained_run
+    rows = log_records(os.path.join(out, "log.csv"))
+    best = str(torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["step"])  # the test row is the selected model's
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", str(s)) for s in range(1, 9)] + [("eval", "8")] + \
+        [("train", str(s)) for s in range(9, 17)] + [("eval", "16"), ("test", best)]
+    assert float(rows[0]["loss"]) > 0 and float(rows[0]["img_per_s"]) > 0 and float(rows[0]["lr"]) > 0
+    assert rows[8]["split"] == "val" and float(rows[-1]["mA"]) == pytest.approx(result["mA"], abs=1e-4)
+    for f in ("ckpt.pt", "last.pt", "log.csv"):
+        shutil.copy(os.path.join(out, f), tmp_path / f)
+    with open(tmp_path / "log.csv", "a") as f:  # rows a killed run logged after its last save are dropped
+        f.write("train,17,2.125,0.5,0.001,0.001,100,,,,,,,\n")
+    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path, "--epochs=3", "--resume=True"))
+    rows = [(r["kind"], r["step"]) for r in log_records(tmp_path / "log.csv")]
+    assert rows[:19] == [(r["kind"], r["step"]) for r in log_records(os.path.join(out, "log.csv"))]  # the whole history
+    best = str(torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"])
+    assert rows[19:] == [("train", str(s)) for s in range(17, 25)] + [("eval", "24"), ("test", best)]

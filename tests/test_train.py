@@ -1,43 +1,18 @@
-"""train.py: the metrics on hand-computed cases, the config, a tiny end-to-end run, resume, DDP, and the errors."""
+"""train.py: the config (presets, ~ in paths, the options it refuses), the optimizer, a tiny end-to-end run, resume,
+DDP, preload, the checks of the data before the first step, and the errors."""
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import clip
 import train
 from conftest import run_script, tiny_args
 from decoder import DecoderConfig, SequencePAR
-
-
-def test_metrics_by_hand():
-    gt = [[1, 0, 1], [0, 0, 0], [1, 1, 0], [1, 0, 0]]
-    pred = [[1, 1, 0], [0, 0, 0], [1, 1, 0], [1, 1, 1]]
-    m = train.metrics(np.array(gt), np.array(pred))
-    # per attribute (pos recall + neg recall) / 2: (1 + 1) / 2, (1 + 1/3) / 2, (0 + 2/3) / 2
-    assert m["mA"] == pytest.approx(100 * (1 + 2 / 3 + 1 / 3) / 3)
-    # per sample I/U: 1/3, 0 (empty gt and pred: 0 / eps), 1, 1/3
-    assert m["Acc"] == pytest.approx(100 * 5 / 12)
-    assert m["Prec"] == pytest.approx(100 * (1 / 2 + 0 + 1 + 1 / 3) / 4)
-    assert m["Rec"] == pytest.approx(100 * (1 / 2 + 0 + 1 + 1) / 4)
-    assert m["F1"] == pytest.approx(100 * (1 / 2 + 0 + 1 + 1 / 2) / 4)
-    prec, rec = 11 / 24, 5 / 8
-    assert m["F1_hm"] == pytest.approx(100 * 2 * prec * rec / (prec + rec))
-    assert list(m) == ["mA", "Acc", "Prec", "Rec", "F1", "F1_hm"]
-
-
-def test_metrics_eps_edge_cases():
-    # an attribute no sample has: its positive recall is 0 / eps = 0, so it scores at most 50
-    gt = np.array([[0, 1], [0, 0]])
-    m = train.metrics(gt, gt)
-    assert m["mA"] == pytest.approx(100 * (0.5 + 1.0) / 2)
-    # a sample with no prediction: precision 0 / eps = 0, not a division error; no negatives: neg recall 0 too
-    m = train.metrics(np.array([[1, 1]]), np.array([[0, 0]]))
-    assert m == {"mA": 0.0, "Acc": 0.0, "Prec": 0.0, "Rec": 0.0, "F1": 0.0, "F1_hm": 0.0}
-    m = train.metrics(np.ones((3, 4)), np.ones((3, 4)))
-    assert m["Acc"] == pytest.approx(100) and m["F1"] == pytest.approx(100) and m["mA"] == pytest.approx(50)
 
 
 def test_config_overrides():
@@ -80,6 +55,23 @@ def test_bad_overrides(argv, message):
         train.parse_config(argv)
 
 
+def test_paths_expand_the_home_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = train.parse_config(["--root=~/data", "--out_dir=~/runs/a", "--clip=~/clip.pt", "--dataset=pkl",
+                              "--pkl=~/x.pkl", "--images=~/img"])
+    assert (cfg.root, cfg.out_dir, cfg.clip, cfg.pkl, cfg.images) == tuple(
+        str(tmp_path / f) for f in ("data", "runs/a", "clip.pt", "x.pkl", "img"))
+    assert train.parse_config(["--clip=ViT-B/32"]).clip == "ViT-B/32"
+
+
+def test_the_evaluation_options_of_train_py_point_to_evaluate_py(synth_root, tiny_clip_file, tmp_path):
+    for option in (f"--ckpt={tmp_path}/missing.pt", "--eval_only=True", "--split=val", "--pictures=0"):
+        with pytest.raises(ValueError, match=r"^--\w+: scoring a checkpoint is python evaluate\.py --ckpt=out/ckpt\.pt "
+                                             r"\[--split=test\] \[--pictures=16\]$"):
+            train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "out", option))
+    assert not (tmp_path / "out").exists()
+
+
 def losses(log):
     return [float(x) for x in re.findall(r"\| loss ([0-9.]+) \|", log)]
 
@@ -117,7 +109,6 @@ def test_resume_refuses_another_attribute_set(trained_run, tmp_path, tiny_clip_f
     root.mkdir()
     rows = ["image,split,hat,bag"] + [f"{i}.png,{s},1,0" for i, s in enumerate(["train"] * 40 + ["test"] * 4)]
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    from PIL import Image
     for i in range(44):
         Image.new("RGB", (8, 16)).save(root / f"{i}.png")
     with pytest.raises(ValueError, match=r"last.pt was trained on 22 other attributes \(Female, .*\) than this "
@@ -207,3 +198,38 @@ def test_a_preload_cache_that_cannot_be_written_keeps_the_images_in_memory(synth
     assert re.search(r"^note: the decoded images stay in memory only: .*not-a-folder", log, re.M)
     assert "test (best on val" in log and blocker.read_text().startswith("a file")
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_a_truncated_test_image_with_decode_fails_before_the_first_step(synth_root, tiny_clip_file, tmp_path, capsys):
+    root = tmp_path / "synth"
+    shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns(".images-*"))
+    data = train.load_dataset("synth", str(root))
+    broken = data.image_paths[data.splits["test"][-1]]
+    with open(broken, "r+b") as f:
+        f.truncate(os.path.getsize(broken) // 2)
+    with pytest.raises(FileNotFoundError, match=rf"^1 of 320 images are missing or unreadable: {re.escape(broken)} "):
+        train.main(tiny_args(str(root), tiny_clip_file, tmp_path / "out", "--decode=True"))
+    assert not re.search(r"^step 1/", capsys.readouterr().out, re.M)
+
+
+def csv_rows(root, header, rows):
+    root.mkdir()
+    (root / "labels.csv").write_text("\n".join([header] + rows) + "\n")
+    for r in rows:
+        name = r.split(",")[0]
+        if not (root / name).exists():
+            Image.new("RGB", (8, 16)).save(root / name)
+    return root
+
+
+def test_a_leak_and_unlearnable_attributes_are_warned_about(tiny_clip_file, tmp_path, capsys):
+    rows = [f"{i}.png,train,{i % 2},0" for i in range(40)] + [f"{i}.png,test,{i % 2},{i % 3 == 0:d}" for i in range(38, 44)]
+    rows += ["2.png,train,1,0"]
+    root = csv_rows(tmp_path / "set", "image,split,hat,bag", rows)
+    train.main(["--dataset=csv", f"--root={root}", f"--clip={tiny_clip_file}", f"--out_dir={tmp_path / 'out'}",
+                "--workers=0", "--epochs=1", "--warmup_epochs=0.0", "--n_layer=1"])
+    log = capsys.readouterr().out
+    # 2.png twice in train; 38.png and 39.png once in train, once in test
+    assert "warning: csv: images listed more than once: 3 (2 with different labels), such as " in log
+    assert re.search(r"^warning: csv: images in both train and test: 2, such as .*38\.png$", log, re.M)
+    assert "warning: csv: attributes without a positive image in train: bag" in log
