@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import cli
+from cli import UserError
 import clip
 import train
 import synth
@@ -75,24 +76,28 @@ def parse_args(argv):
             ("repeats", opts.repeats >= 0, "a number of timed runs, or 0 for the default"),
             ("threads", opts.threads >= 0, "a number of CPU threads, or 0 for torch's default")):
         if not ok:
-            raise ValueError(f"--{name}={getattr(opts, name)}: expected {expected}")
+            raise UserError(f"--{name}={getattr(opts, name)}: expected {expected}")
     if opts.train and opts.clip:
-        raise ValueError(f"--train=True measures the demo's tiny CLIP; leave out --clip={opts.clip}")
+        raise UserError(f"--train=True measures the demo's tiny CLIP; leave out --clip={opts.clip}")
     return dataclasses.replace(opts, device=cli.resolve_device(opts.device),
                                repeats=opts.repeats or (1 if opts.clip not in ("", "tiny") else 3),
                                batch_size=opts.batch_size or (train.PRESETS["synth"]["batch_size"] if opts.train else 8))
 
 
 def encoder_flops(c, batch):
-    # 2 x the multiply-adds of every matmul and convolution of the ViT forward with all N tokens kept: the patch
-    # convolution; per layer the q, k, v and output projections, the attention scores QK^T and their weighted sum of V,
-    # the MLP's two matrices (4C wide); then proj on every token. Norms, softmax, GELU and additions are left out: they
-    # are a few operations per activation, against C or N per activation for the matmuls. (No config here has a stem.)
+    # 2 x the multiply-adds of every matmul and convolution of the ViT forward with all L tokens kept: the stem's
+    # convolutions (the demo's tiny CLIP has three; the released models none) and the patch convolution; per layer the
+    # q, k, v and output projections, the attention scores QK^T and their weighted sum of V, the MLP's two matrices (4C
+    # wide); then proj on every token. Norms, softmax, GELU and additions are left out: they are a few operations per
+    # activation, against C or L per activation for the matmuls.
     grid = c.image_resolution // c.vision_patch_size
-    N, C = grid ** 2 + 1, c.vision_width
-    patch = grid ** 2 * C * 3 * c.vision_patch_size ** 2
-    layer = N * C * 3 * C + N * C * C + 2 * N * N * C + N * C * 4 * C * 2
-    return 2 * batch * (patch + c.vision_layers * layer + N * C * c.embed_dim)
+    L, C = grid ** 2 + 1, c.vision_width
+    chans = [3] + [(c.vision_stem_width or C) // 2 ** (c.vision_stem - 1 - i) for i in range(c.vision_stem)]
+    stem = sum((c.image_resolution // 2 ** (i + 1)) ** 2 * c_out * c_in * 9
+               for i, (c_in, c_out) in enumerate(zip(chans, chans[1:])))
+    patch = grid ** 2 * C * chans[-1] * (c.vision_patch_size // 2 ** c.vision_stem) ** 2
+    layer = L * C * 3 * C + L * C * C + 2 * L * L * C + L * C * 4 * C * 2
+    return 2 * batch * (stem + patch + c.vision_layers * layer + L * C * c.embed_dim)
 
 
 def uncached_generate(model, images, official=False):

@@ -1,14 +1,20 @@
 """
-The command line of every script, in one grammar: --key=value options against the script's config dataclass.
+The command line of every script, in one grammar: options against the script's config dataclass.
 
-    python train.py --dataset=peta --batch_size=64 --compile=True
+    python train.py --dataset=peta --batch_size=64 --compile
+    python train.py --dataset peta --batch_size 64 --compile=True     # the same
 
-A value is read as a literal of the field's type: strings need no quotes, bools are True or False, numbers are
-numbers. The options that name files or folders (the dataclass's PATHS) get ~ expanded. `--help` prints the options
-with their defaults and the comments beside the fields, read off the dataclass's source, so the help and the code
-cannot disagree. An option renamed since an earlier version (the dataclass's RENAMED) is refused with its new name.
-`run` is every script's __main__: a user's mistake (a bad option, a missing file, a corrupt image) ends in one line,
-"error: ...", and exit status 1; Ctrl-C in "interrupted" and status 130.
+`--key=value` and `--key value` are the same option. A value is read as a literal of the field's type: strings need
+no quotes, bools are True or False, numbers are numbers. A bool option alone (`--resume`) means True, and it takes
+the next argument only when that is True or False, so `sample.py --json img.jpg` still reads img.jpg as an image.
+The options that name files or folders (the dataclass's PATHS) get ~ expanded. `--help` prints the options with
+their defaults and the comments beside the fields, read off the dataclass's source, so the help and the code cannot
+disagree. An option renamed since an earlier version (the dataclass's RENAMED) is refused with its new name.
+
+`run` is every script's __main__. What a user can mend (a bad option, a missing or corrupt file, a wrong dataset, no
+network) is raised as a `UserError` and ends in one line, "error: ...", and exit status 1; so does an error of the
+file system that names its file (permission denied, no space left). Anything else is a bug of ours and keeps its
+traceback. Ctrl-C ends in "interrupted" and status 130.
 """
 import ast
 import dataclasses
@@ -22,27 +28,40 @@ import torch
 EXPECTED = {bool: "True or False", int: "an integer", float: "a number"}
 
 
+class UserError(ValueError):
+    """An error the user can mend: its message is one line that names the file or value and what was expected."""
+
+
+class MissingFile(UserError, FileNotFoundError):
+    """A file or folder the user named, or that a dataset needs, is not there."""
+
+
 def script_of(config_class):
     module = sys.modules[config_class.__module__]
     return os.path.basename(getattr(module, "__file__", None) or config_class.__module__ + ".py")
 
 
-def parse_overrides(argv, config_class):
-    """{field: value} of the --key=value arguments in argv, checked against the fields of config_class."""
+def split_args(argv, config_class):
+    """({field: value} of the options in argv, checked against the fields of config_class; the other arguments)."""
     types = {f.name: f.type for f in dataclasses.fields(config_class)}
     renamed, paths = getattr(config_class, "RENAMED", {}), getattr(config_class, "PATHS", ())
-    overrides = {}
-    for arg in argv:
+    overrides, rest, args = {}, [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--"):
+            rest.append(os.path.expanduser(arg))
+            continue
         key, eq, text = arg[2:].partition("=")
         if key in renamed:
-            raise ValueError(f"--{key}: {renamed[key]}")
-        if arg.startswith("--") and not eq and types.get(key) is bool:
-            raise ValueError(f"--{key}: expected --{key}=True or --{key}=False")
-        if not arg.startswith("--") or not eq:
-            raise ValueError(f"bad argument {arg!r}: expected --key=value (python {script_of(config_class)} --help "
-                             f"lists the options)")
+            raise UserError(f"--{key}: {renamed[key]}")
         if key not in types:
-            raise ValueError(f"unknown option --{key}; valid options: {', '.join(types)}")
+            raise UserError(f"unknown option --{key}; valid options: {', '.join(types)}")
+        if not eq and types[key] is bool:  # a bool alone is True; it takes the next argument only if that is a bool
+            text = args.pop(0) if args and args[0] in ("True", "False") else "True"
+        elif not eq:
+            if not args or args[0].startswith("--"):
+                raise UserError(f"--{key}: expected a value, --{key}=VALUE or --{key} VALUE")
+            text = args.pop(0)
         try:
             value = text if types[key] is str else ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -50,24 +69,34 @@ def parse_overrides(argv, config_class):
         if types[key] is float and type(value) is int:
             value = float(value)
         if type(value) is not types[key]:
-            raise ValueError(f"--{key}={text}: expected {EXPECTED.get(types[key], types[key].__name__)}")
+            raise UserError(f"--{key}={text}: expected {EXPECTED.get(types[key], types[key].__name__)}")
         overrides[key] = os.path.expanduser(value) if key in paths else value
+    return overrides, rest
+
+
+def parse_overrides(argv, config_class):
+    """{field: value} of the options in argv, for a script that takes no other arguments."""
+    overrides, rest = split_args(argv, config_class)
+    if rest:
+        raise UserError(f"bad argument {rest[0]!r}: expected --key=value or --key value (python "
+                        f"{script_of(config_class)} --help lists the options)")
     return overrides
 
 
 def parse(argv, config_class, positional=False):
-    """config_class with the --key=value arguments of argv applied; with positional=True, (config, the arguments that
-    do not start with --), for the scripts that take file names (sample.py's images)."""
-    rest = [a for a in argv if not a.startswith("--")] if positional else []
-    config = config_class(**parse_overrides([a for a in argv if a not in rest], config_class))
-    return (config, [os.path.expanduser(a) for a in rest]) if positional else config
+    """config_class with the options of argv applied; with positional=True, (config, the other arguments), for the
+    scripts that take file names (sample.py's images)."""
+    if positional:
+        overrides, rest = split_args(argv, config_class)
+        return config_class(**overrides), rest
+    return config_class(**parse_overrides(argv, config_class))
 
 
 def usage(config_class, doc, epilog=""):
     """The script's docstring, then one line per option: --name=default and the field's comment; a comment on a line
     of its own (a section heading, or a comment's second line) is kept where it stands."""
     defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
-    lines = [doc.strip(), "", "options (--key=value):"]
+    lines = [doc.strip(), "", "options (--key=value or --key value; a bool alone is True):"]
     for line in inspect.getsource(config_class).splitlines()[1:]:
         field = re.match(r"\s*(\w+): [\w.]+ = [^#]*?(?:# (.*))?$", line)
         comment = re.match(r"\s*# (.*)", line)
@@ -93,10 +122,14 @@ def run(main, config_class, doc, epilog=""):
     except BrokenPipeError:  # the reader stopped reading: we stop too, without a word
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush would fail again)
         sys.exit(1)
-    except (FileNotFoundError, ValueError, OSError, FloatingPointError) as e:
-        # a DataLoader worker's error arrives with its traceback as text: its last line is the message
-        message = (str(e).strip() or type(e).__name__).splitlines()[-1]
-        sys.exit("error: " + re.sub(r"^\w+Error: ", "", message))
+    except UserError as e:
+        lines = (str(e).strip() or type(e).__name__).splitlines()
+        # a DataLoader worker's error arrives with its traceback as text: its last line is "module.Class: message"
+        sys.exit("error: " + (re.sub(r"^[\w.]+: ", "", lines[-1]) if len(lines) > 1 else lines[0]))
+    except OSError as e:
+        if e.filename is None:  # not about a file of the user's: a bug of ours, with its traceback
+            raise
+        sys.exit(f"error: {e.filename}: {e.strerror or e}")
     except KeyboardInterrupt as e:
         print(str(e) or "interrupted", file=sys.stderr)
         sys.exit(getattr(e, "code", None) or 130)  # a run stopped by a signal exits as the signal would have it
@@ -108,7 +141,7 @@ def resolve_device(name):
         return "cuda" if torch.cuda.is_available() else "cpu"
     m = re.fullmatch(r"cuda(?::(\d+))?", name)
     if name != "cpu" and not m:
-        raise ValueError(f"--device={name}: expected auto, cpu, cuda or cuda:N")
+        raise UserError(f"--device={name}: expected auto, cpu, cuda or cuda:N")
     if m and int(m[1] or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA GPUs")
+        raise UserError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA GPUs")
     return name

@@ -1,13 +1,14 @@
 """
 CLIP, written out: the ViT image encoder, the causal text transformer, and a loader for OpenAI's released weights.
 
-Parameter names are CLIP's own, so an official state dict loads with strict=True and no mapping table. Everything
-runs in fp32; attention goes through F.scaled_dot_product_attention.
+Parameter names are CLIP's own, so an official state dict loads with strict=True and no mapping table. The weights
+are fp32 (the released files hold fp16), and the numerics match the official model in fp32; train.py and evaluate.py
+run the forward passes under bf16 autocast on CUDA. Attention goes through F.scaled_dot_product_attention.
 
 Loading runs no code from a file handed to us: TorchScript archives are read as data (see _read_torchscript); only a
 file whose SHA256 is one of OpenAI's four released ones may fall back to torch.jit.load.
 
-Shapes: B batch, N image tokens (1 + grid^2), L text positions, C transformer width, D joint embedding width,
+Shapes: B batch, L image tokens (1 + grid^2), S text positions, C transformer width, D joint embedding width,
 nh heads, hs head size (C = nh * hs).
 """
 import ast
@@ -28,6 +29,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from cli import MissingFile, UserError
 
 # CLIP's training-set statistics; pretrained weights expect images normalised with exactly these.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -88,7 +91,7 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x):
-        B, L, C = x.shape
+        B, L, C = x.shape  # L: the image tokens in the ViT, the text positions (S) in the text transformer
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).split(C, dim=2)
         q, k, v = (t.view(B, L, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, L, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
@@ -154,11 +157,23 @@ class VisionTransformer(nn.Module):
         x = self.conv1(self.stem(x))                          # (B, C, grid, grid)
         x = x.flatten(2).transpose(1, 2)                      # (B, grid^2, C)
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding  # (B, N, C)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding  # (B, L, C)
         x = self.transformer(self.ln_pre(x))
         # SequencePAR (section 3.2) keeps every token; ln_post and proj are per token, so token 0 is CLIP's pooled output
         x = x if all_tokens else x[:, 0]
-        return self.ln_post(x) @ self.proj                    # (B, N, D) or (B, D)
+        return self.ln_post(x) @ self.proj                    # (B, L, D) or (B, D)
+
+
+def initialize_transformer(tr, width):
+    # OpenAI's release initialises its text transformer so, and leaves the ViT's blocks at PyTorch's defaults; we
+    # give both towers this scheme. It matters only when training from scratch (the demo's tiny CLIP).
+    proj_std = width ** -0.5 * (2 * len(tr.resblocks)) ** -0.5  # residual projections shrink with depth
+    for block in tr.resblocks:
+        nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
+        nn.init.zeros_(block.attn.out_proj.bias)
+        nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+        nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+        nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
 
 class CLIP(nn.Module):
@@ -166,8 +181,11 @@ class CLIP(nn.Module):
         # text=False builds the image encoder alone (the linear multi-label baseline reads no prompts)
         super().__init__()
         c = self.config = config
+        # The image encoder is built and initialised before anything else draws random numbers: for one seed it is
+        # the same with or without the text tower, so every head of the experiments starts from the same encoder.
         self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
                                         c.vision_heads, c.embed_dim, c.vision_stem, c.vision_stem_width)
+        initialize_transformer(self.visual.transformer, c.vision_width)
         self.text = text
         if text:
             self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads, causal=True)
@@ -176,35 +194,20 @@ class CLIP(nn.Module):
             self.ln_final = nn.LayerNorm(c.transformer_width)
             self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.initialize_parameters()
-
-    def initialize_parameters(self):
-        # CLIP's initialisation; it matters only when training from scratch (the tiny demo model)
-        towers = [(self.visual.transformer, self.config.vision_width)]
-        if self.text:
             nn.init.normal_(self.token_embedding.weight, std=0.02)
             nn.init.normal_(self.positional_embedding, std=0.01)
-            towers.insert(0, (self.transformer, self.config.transformer_width))
-        for tr, width in towers:
-            proj_std = width ** -0.5 * (2 * len(tr.resblocks)) ** -0.5  # residual projections shrink with depth
-            for block in tr.resblocks:
-                nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
-                nn.init.zeros_(block.attn.out_proj.bias)
-                nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-                nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
-                nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
-        if self.text:
-            nn.init.normal_(self.text_projection, std=self.config.transformer_width ** -0.5)
+            initialize_transformer(self.transformer, c.transformer_width)
+            nn.init.normal_(self.text_projection, std=c.transformer_width ** -0.5)
 
     def encode_image(self, image, all_tokens=False):
         return self.visual(image, all_tokens)
 
     def encode_text(self, text, token_embedding=None):
-        # text: (B, L) token ids with L <= context_length. A shorter L gives the same features: the mask is causal
+        # text: (B, S) token ids with S <= context_length. A shorter S gives the same features: the mask is causal
         # and we pool at the EOT token, so positions after it never reach the output. token_embedding: a (V', C)
         # table to look the ids up in instead of our own (SequencePAR passes its prompts' rows, ids renumbered).
         table = self.token_embedding.weight if token_embedding is None else token_embedding
-        x = F.embedding(text, table) + self.positional_embedding[:text.shape[1]]  # (B, L, C)
+        x = F.embedding(text, table) + self.positional_embedding[:text.shape[1]]  # (B, S, C)
         x = self.ln_final(self.transformer(x))
         x = x[torch.arange(x.shape[0]), text.argmax(dim=-1)]  # EOT has the highest id in every row
         return x @ self.text_projection                        # (B, D)
@@ -222,18 +225,18 @@ def build_model(state_dict, text=True):
     sd = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     for k, v in sd.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise ValueError(f"not a CLIP state dict: its entry {k!r} holds a {type(v).__name__}, not a tensor")
+            raise UserError(f"not a CLIP state dict: its entry {k!r} holds a {type(v).__name__}, not a tensor")
 
     def shape(key):
         if key not in sd:
-            raise ValueError(f"not a CLIP ViT state dict: key {key!r} is missing")
+            raise UserError(f"not a CLIP ViT state dict: key {key!r} is missing")
         return sd[key].shape
 
     def count(prefix):
         return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
 
     if "visual.proj" not in sd and any(k.startswith("visual.layer1") for k in sd):
-        raise ValueError("this is a ResNet CLIP state dict; only the ViT models are supported")
+        raise UserError("this is a ResNet CLIP state dict; only the ViT models are supported")
     vision_width, _, patch, _ = shape("visual.conv1.weight")
     grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)
     width = shape("ln_final.weight")[0]
@@ -249,10 +252,10 @@ def build_model(state_dict, text=True):
     expected = model.state_dict()
     unexpected = sorted(sd.keys() - expected.keys())
     if unexpected:
-        raise ValueError(f"unexpected key {unexpected[0]!r} in the CLIP state dict")
+        raise UserError(f"unexpected key {unexpected[0]!r} in the CLIP state dict")
     for key, value in expected.items():
         if shape(key) != value.shape:
-            raise ValueError(f"key {key!r} has shape {tuple(sd[key].shape)}, expected {tuple(value.shape)}")
+            raise UserError(f"key {key!r} has shape {tuple(sd[key].shape)}, expected {tuple(value.shape)}")
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)  # released weights are fp16
     return model.eval()
 
@@ -264,7 +267,7 @@ def available_models():
 def config(name):
     """The architecture of a released model (see available_models()), without downloading its weights."""
     if name not in _CONFIGS:
-        raise ValueError(f"unknown CLIP model {name!r}; available models: {', '.join(_CONFIGS)}")
+        raise UserError(f"unknown CLIP model {name!r}; available models: {', '.join(_CONFIGS)}")
     return replace(_CONFIGS[name])  # a copy, so that no caller can change the table
 
 
@@ -282,8 +285,8 @@ def _download(url, root):
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as e:  # a read-only or full home, say
-        raise ValueError(f"cannot create the CLIP cache folder {root} ({e.strerror}); set XDG_CACHE_HOME to a "
-                         f"writable folder, or download {url} and pass the file as --clip=FILE") from None
+        raise UserError(f"cannot create the CLIP cache folder {root} ({e.strerror}); set XDG_CACHE_HOME to a "
+                        f"writable folder, or download {url} and pass the file as --clip=FILE") from None
     if os.path.isfile(target):
         if _sha256(target) == expected:
             return target
@@ -292,8 +295,8 @@ def _download(url, root):
     try:
         fd, tmp = tempfile.mkstemp(dir=root, prefix=os.path.basename(url) + ".", suffix=".tmp")
     except OSError as e:
-        raise ValueError(f"cannot write into the CLIP cache folder {root} ({e.strerror}); set XDG_CACHE_HOME to a "
-                         f"writable folder, or download {url} and pass the file as --clip=FILE") from None
+        raise UserError(f"cannot write into the CLIP cache folder {root} ({e.strerror}); set XDG_CACHE_HOME to a "
+                        f"writable folder, or download {url} and pass the file as --clip=FILE") from None
     try:
         h, done = hashlib.sha256(), 0
         with urllib.request.urlopen(url, timeout=60) as source, os.fdopen(fd, "wb") as out:
@@ -308,14 +311,14 @@ def _download(url, root):
             os.fsync(out.fileno())  # on disk before the rename, so a crash cannot leave the name over half a file
         print(file=sys.stderr)
         if h.hexdigest() != expected:
-            raise ValueError(f"downloaded {url} has SHA256 {h.hexdigest()}, expected {expected}")
+            raise UserError(f"downloaded {url} has SHA256 {h.hexdigest()}, expected {expected}")
         os.replace(tmp, target)
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(e, (OSError, http.client.HTTPException)):  # no network, refused, timed out, HTTP error
-            raise ValueError(f"could not download {url} ({getattr(e, 'reason', e)}); put the file there by hand "
-                             f"as {target} (SHA256 {expected}), or pass the path of a copy as --clip=FILE") from None
+            raise UserError(f"could not download {url} ({getattr(e, 'reason', e)}); put the file there by hand "
+                            f"as {target} (SHA256 {expected}), or pass the path of a copy as --clip=FILE") from None
         raise
     return target
 
@@ -375,14 +378,14 @@ def _read_torchscript(z, top):
             m = re.search(rf"^class {re.escape(name)}\b.*\n\s+__parameters__ = (\[.*\])(\n\s+__buffers__ = (\[.*\]))?",
                           code, re.M)
             if m is None:
-                raise ValueError(f"its code does not declare the parameters of {qualname}")
+                raise UserError(f"its code does not declare the parameters of {qualname}")
             classes[qualname] = ast.literal_eval(m[1]) + ast.literal_eval(m[3] or "[]")
         return classes[qualname]
 
     def walk(obj, prefix, out):
         # the order of state_dict(): a module's parameters, then its buffers, then its submodules
         if not isinstance(obj.state, dict):
-            raise ValueError(f"{obj.qualname} keeps its state in its own format, which only its code can read")
+            raise UserError(f"{obj.qualname} keeps its state in its own format, which only its code can read")
         out.update((prefix + n, obj.state[n]) for n in declared(obj.qualname)
                    if isinstance(obj.state.get(n), torch.Tensor))
         for name, value in obj.state.items():
@@ -391,10 +394,10 @@ def _read_torchscript(z, top):
         return out
 
     if top + "byteorder" in z.namelist() and z.read(top + "byteorder") != b"little":  # older files have none
-        raise ValueError("its tensors are stored big-endian")
+        raise UserError("its tensors are stored big-endian")
     root = Unpickler(z.open(top + "data.pkl")).load()
     if not isinstance(root, _Scripted):
-        raise ValueError(f"its data.pkl holds a {type(root).__name__}, not a module")
+        raise UserError(f"its data.pkl holds a {type(root).__name__}, not a module")
     return walk(root, "", {})
 
 
@@ -407,13 +410,13 @@ def cause_of(e):
 
 def _read_state_dict(path):
     def refuse(reason):
-        return ValueError(f"{path} is neither a TorchScript archive nor a torch.save'd state dict of plain tensors "
-                          f"({reason}); {_CONVERT}")
+        return UserError(f"{path} is neither a TorchScript archive nor a torch.save'd state dict of plain tensors "
+                         f"({reason}); {_CONVERT}")
 
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:
-        raise ValueError(f"{path} is empty, not a CLIP checkpoint")
+        raise UserError(f"{path} is empty, not a CLIP checkpoint")
     if head == b"PK\x03\x04":  # a zip archive, as TorchScript and torch.save (since PyTorch 1.6) write
         try:
             z = zipfile.ZipFile(path)
@@ -424,15 +427,15 @@ def _read_state_dict(path):
             # folder and constants.pkl
             pickles = [n for n in z.namelist() if re.fullmatch(r"[^/]+/data\.pkl", n)]
             if not pickles:
-                raise ValueError(f"{path} is a zip archive without a data.pkl record, so not a torch file")
+                raise UserError(f"{path} is a zip archive without a data.pkl record, so not a torch file")
             top = pickles[0][:-len("data.pkl")]
             if any(n.startswith((top + "code/", top + "constants.pkl")) for n in z.namelist()):
                 try:
                     return _read_torchscript(z, top)
                 except Exception as e:
                     if _sha256(path) not in _RELEASED:
-                        raise ValueError(f"{path}: cannot read this TorchScript archive as data ({cause_of(e)}); "
-                                         + _CONVERT) from None
+                        raise UserError(f"{path}: cannot read this TorchScript archive as data ({cause_of(e)}); "
+                                        + _CONVERT) from None
                 # One of OpenAI's own files (its SHA256 says so) in a layout our reader does not know: we trust it.
                 with warnings.catch_warnings():  # TorchScript is deprecated in recent PyTorch
                     warnings.simplefilter("ignore", FutureWarning)
@@ -444,7 +447,7 @@ def _read_state_dict(path):
     except Exception as e:
         raise refuse(cause_of(e)) from None
     if not isinstance(state_dict, dict):
-        raise ValueError(f"{path} holds a {type(state_dict).__name__}, expected a CLIP state dict")
+        raise UserError(f"{path} holds a {type(state_dict).__name__}, expected a CLIP state dict")
     return state_dict
 
 
@@ -457,15 +460,15 @@ def load(name_or_path, device="cpu", download_root=None, text=True):
         cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
         path = _download(_MODELS[name_or_path], download_root or os.path.join(cache, "clip"))
     elif os.path.isdir(name_or_path):
-        raise ValueError(f"CLIP checkpoint {name_or_path} is a folder, not a file")
+        raise UserError(f"CLIP checkpoint {name_or_path} is a folder, not a file")
     elif os.path.isfile(name_or_path):
         path = name_or_path
     elif os.path.splitext(name_or_path)[1]:  # it has a file extension, so it was meant as a path
-        raise FileNotFoundError(f"CLIP checkpoint {name_or_path} not found")
+        raise MissingFile(f"CLIP checkpoint {name_or_path} not found")
     else:
-        raise ValueError(f"unknown CLIP model {name_or_path!r}; available models: {', '.join(available_models())}")
+        raise UserError(f"unknown CLIP model {name_or_path!r}; available models: {', '.join(available_models())}")
     state_dict = _read_state_dict(path)
     try:
         return build_model(state_dict, text).to(device)
-    except ValueError as e:  # we name the file in the message
-        raise ValueError(f"{path}: {e}") from None
+    except UserError as e:  # we name the file in the message
+        raise UserError(f"{path}: {e}") from None

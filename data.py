@@ -22,6 +22,7 @@ import numpy as np
 import scipy.io
 
 import cli
+from cli import MissingFile, UserError
 import synth
 from clip import CLIPConfig
 from pixels import check_images
@@ -114,7 +115,7 @@ def _loadmat(path):
         return scipy.io.loadmat(path)
     # scipy raises NotImplementedError for MATLAB v7.3 (HDF5) files: re-saved annotations, not the published ones
     except (ValueError, TypeError, OSError, NotImplementedError, scipy.io.matlab.MatReadError) as e:
-        raise ValueError(f"{path}: cannot read it as a MATLAB v5 file ({e})") from None
+        raise UserError(f"{path}: cannot read it as a MATLAB v5 file ({e})") from None
 
 
 def _index(a, n, path, name, base=1):
@@ -124,15 +125,15 @@ def _index(a, n, path, name, base=1):
     bad = (a != np.round(a)) | (a < base) | (a >= n + base) if a.dtype.kind in "iuf" else np.ones(a.shape, bool)
     if bad.any():
         v = f"{a[bad][0]:g}" if a.dtype.kind == "f" else a[bad][0]  # 20, not 20.0, for MATLAB's doubles
-        raise ValueError(f"{path}: {name} holds {v}, expected whole numbers from {base} to {n - 1 + base}")
+        raise UserError(f"{path}: {name} holds {v}, expected whole numbers from {base} to {n - 1 + base}")
     return a.astype(np.int64) - base
 
 
 def _pick(parts, k, path, name, notes):
     # PETA, RAP and many pickles hold several random partitions of the same images; papers report partition 0
     if not (isinstance(k, int) and 0 <= k < len(parts)):
-        raise ValueError(f"{path}: --partition={k} is out of range: {name} holds {len(parts)} partition(s), "
-                         f"0 to {len(parts) - 1}")
+        raise UserError(f"{path}: --partition={k} is out of range: {name} holds {len(parts)} partition(s), "
+                        f"0 to {len(parts) - 1}")
     if len(parts) > 1 and f"partition {k} of {len(parts)}" not in notes:
         notes.append(f"partition {k} of {len(parts)}")
     return parts[k]
@@ -142,14 +143,14 @@ def _record(path, paths, labels, names, splits, notes=()):
     names, labels, notes = [str(n) for n in names], np.asarray(labels), list(notes)  # numpy strings become str
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # one attribute would hide the other in every report keyed by name
-        raise ValueError(f"{path}: attribute name{'s' if len(twice) > 1 else ''} {', '.join(twice)} appear"
-                         f"{'' if len(twice) > 1 else 's'} more than once; each column needs a name of its own")
+        raise UserError(f"{path}: attribute name{'s' if len(twice) > 1 else ''} {', '.join(twice)} appear"
+                        f"{'' if len(twice) > 1 else 's'} more than once; each column needs a name of its own")
     other = ~np.isin(labels, (0, 1))
     if other.any():  # RAP's 2 and the pickles' 2 or -1 mean "uncertain", WIDER's -1 "no": all count as absent
         values = np.unique(labels[other])
         if not np.isin(values, (-1, 2)).all():
-            raise ValueError(f"{path}: labels hold {values[~np.isin(values, (-1, 2))][0]}, expected 0 or 1 (2 or -1 "
-                             "for uncertain)")
+            raise UserError(f"{path}: labels hold {values[~np.isin(values, (-1, 2))][0]}, expected 0 or 1 (2 or -1 "
+                            "for uncertain)")
         notes.append(f"label values {' and '.join(str(int(v)) for v in values[::-1])} counted as 0: "
                      f"{other.sum()} cells")
     return PARData(list(paths), (labels == 1).astype(np.uint8), names, [prompt_for(n) for n in names],
@@ -169,7 +170,7 @@ def read_peta(root, path, partition=0):
     p, notes = _loadmat(path)["peta"][0][0], []
     data = p[0]  # (N, 109): 4 metadata columns, then 105 labels
     if data.ndim != 2 or data.shape[1] != 109:
-        raise ValueError(f"{path}: peta data is {data.shape}, expected (N, 109): 4 metadata columns and 105 labels")
+        raise UserError(f"{path}: peta data is {data.shape}, expected (N, 109): 4 metadata columns and 105 labels")
     names = [p[1][j][0][0] for j in range(105)]
     part = _pick(p[3], partition, path, "peta's partitions", notes)[0][0][0]
     splits = {s: _index(part[k], len(data), path, f"{s}_index") for k, s in enumerate(("train", "val", "test"))}
@@ -188,7 +189,7 @@ def read_pa100k(root, path):
     labels = np.concatenate(labels)
     names = [x[0][0] for x in m["attributes"]]
     if labels.shape != (n, len(names)):
-        raise ValueError(f"{path}: labels are {labels.shape}, expected ({n}, {len(names)}) for the images and names")
+        raise UserError(f"{path}: labels are {labels.shape}, expected ({n}, {len(names)}) for the images and names")
     return _record(path, paths, labels, names, splits)
 
 
@@ -197,7 +198,7 @@ def read_rapv1(root, path, partition=0):
     paths = [os.path.join(root, "RAP_dataset", x[0][0]) for x in r[5]]
     labels, names = r[1], [x[0][0] for x in r[3]]
     if labels.shape != (len(paths), 92) or len(names) != 92:
-        raise ValueError(f"{path}: labels are {labels.shape} with {len(names)} names, expected ({len(paths)}, 92)")
+        raise UserError(f"{path}: labels are {labels.shape} with {len(names)} names, expected ({len(paths)}, 92)")
     part = _pick(r[0], partition, path, "RAP's partitions", notes)[0][0][0]  # trainval and test, 1-based rows
     splits = {s: _index(part[k], len(paths), path, f"{s}_index") for k, s in enumerate(("train", "test"))}
     return _record(path, paths, labels[:, :51], names[:51], splits, notes)
@@ -208,7 +209,7 @@ def read_rapv2(root, path, partition=0):
     paths = [os.path.join(root, "RAP_dataset", x[0][0]) for x in r["name"][0][0]]
     names, labels = [x[0][0] for x in r["attribute"][0][0]], r["data"][0][0]
     if labels.shape != (len(paths), len(names)):
-        raise ValueError(f"{path}: data is {labels.shape}, expected ({len(paths)}, {len(names)}) for images and names")
+        raise UserError(f"{path}: data is {labels.shape}, expected ({len(paths)}, {len(names)}) for images and names")
     cols = _index(r["selected_attribute"][0][0], len(names), path, "selected_attribute")[RAPV2_ORDER]
     part = _pick(r["partition_attribute"][0][0][0], partition, path, "partition_attribute", notes)
     splits = {s: _index(part[f"{s}_index"][0][0], len(paths), path, f"{s}_index") for s in ("train", "val", "test")}
@@ -226,8 +227,8 @@ def read_wider(root, path):
         with open(os.path.join(ann, f"{s}_gt_label.txt")) as f:
             rows = [line.split() for line in f if line.strip()]
         if len(rows) != len(files) or any(len(r) != len(names) for r in rows):
-            raise ValueError(f"{ann}/{s}_gt_label.txt: expected {len(files)} rows (one per line of {s}_name.txt) "
-                             f"of {len(names)} values in {{-1, 0, 1}}")
+            raise UserError(f"{ann}/{s}_gt_label.txt: expected {len(files)} rows (one per line of {s}_name.txt) "
+                            f"of {len(names)} values in {{-1, 0, 1}}")
         splits[split] = np.arange(len(paths), len(paths) + len(files))
         paths += [os.path.join(root, x) for x in files]
         labels += [[int(v) for v in r] for r in rows]
@@ -246,7 +247,7 @@ class _DataUnpickler(pickle.Unpickler):
             return _EasyDict
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise ValueError(f"refusing to load {module}.{name}: a dataset pickle holds only dicts, lists and numpy arrays")
+        raise UserError(f"refusing to load {module}.{name}: a dataset pickle holds only dicts, lists and numpy arrays")
 
 
 class _EasyDict(dict):
@@ -259,21 +260,21 @@ def read_pkl(root, path, images="", partition=0):
         try:
             d = _DataUnpickler(f).load()
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise UserError(f"{path}: {e}") from None
         except (pickle.UnpicklingError, EOFError, TypeError, KeyError, IndexError, AttributeError) as e:
-            raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+            raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
     keys = set(d) if isinstance(d, dict) else set()
     if not {"image_name", "label", "partition"} <= keys or not {"attr_name", "attributes"} & keys:
-        raise ValueError(f"{path}: holds {', '.join(map(str, d)) if isinstance(d, dict) else type(d).__name__}; "
-                         "expected a dict of image_name, label, attr_name (or attributes) and partition")
+        raise UserError(f"{path}: holds {', '.join(map(str, d)) if isinstance(d, dict) else type(d).__name__}; "
+                        "expected a dict of image_name, label, attr_name (or attributes) and partition")
     folder = os.path.join(root, images)  # the pickle's own `root` is a path on the machine that made it: unused
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder} not found: the images of {path} are expected there; name their folder "
-                                "under the root with --images=SUBDIR")
+        raise MissingFile(f"{folder} not found: the images of {path} are expected there; name their folder "
+                          "under the root with --images=SUBDIR")
     names, labels, notes, parts = list(d.get("attr_name", d.get("attributes"))), np.asarray(d["label"]), [], {}
     if labels.shape != (len(d["image_name"]), len(names)):
-        raise ValueError(f"{path}: label is {labels.shape}, expected ({len(d['image_name'])}, {len(names)}): one row "
-                         "per image_name, one column per attribute name")
+        raise UserError(f"{path}: label is {labels.shape}, expected ({len(d['image_name'])}, {len(names)}): one row "
+                        "per image_name, one column per attribute name")
     cols = range(len(names))  # the evaluated columns, in the order of the target sequence
     if "label_idx" in d:
         cols = _index(d["label_idx"]["eval"], len(names), path, "label_idx.eval", base=0)
@@ -282,8 +283,8 @@ def read_pkl(root, path, images="", partition=0):
             p = _pick(p if np.ndim(p[0]) else [p], partition, path, f"partition.{s}", notes)
             parts[s] = _index(p, len(labels), path, f"partition.{s}", base=0)
     if "test" not in parts or "train" not in parts and "trainval" not in parts:
-        raise ValueError(f"{path}: partition holds {', '.join(parts) or 'no split'}; expected test and train or "
-                         "trainval")
+        raise UserError(f"{path}: partition holds {', '.join(parts) or 'no split'}; expected test and train or "
+                        "trainval")
     if "train" in parts:  # trainval, where present, is train + val
         splits = {s: parts[s] for s in ("train", "val", "test") if s in parts}
     else:  # trainval and test only, as for RAPv1: we train on trainval, and val (if any) is part of it
@@ -302,7 +303,7 @@ def _csv_rows(path):
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"{path}: line {line} is not UTF-8 (byte {raw[e.start]:#04x}); save it as UTF-8") from None
+        raise UserError(f"{path}: line {line} is not UTF-8 (byte {raw[e.start]:#04x}); save it as UTF-8") from None
     return [(i, r) for i, r in enumerate(csv.reader(io.StringIO(text, newline="")), 1) if r]  # blank lines skipped
 
 
@@ -312,13 +313,13 @@ def _read_prompts(data, path):
     rows = _csv_rows(prompts_path)[1:] if os.path.exists(prompts_path) else []  # after the header
     for _, r in rows:
         if len(r) != 2 or r[0] not in data.attr_names:
-            raise ValueError(f"{prompts_path}: row {','.join(r)} is not attribute,prompt for an attribute read from "
-                             f"{os.path.basename(path)}")
+            raise UserError(f"{prompts_path}: row {','.join(r)} is not attribute,prompt for an attribute read from "
+                            f"{os.path.basename(path)}")
         try:
             tokenize(r[1], context_length=CLIPConfig.context_length)
         except ValueError:
-            raise ValueError(f"{prompts_path}: the prompt for {r[0]} is longer than the {CLIPConfig.context_length} "
-                             "tokens CLIP's text encoder reads; shorten it") from None
+            raise UserError(f"{prompts_path}: the prompt for {r[0]} is longer than the {CLIPConfig.context_length} "
+                            "tokens CLIP's text encoder reads; shorten it") from None
         data.prompts[data.attr_names.index(r[0])] = r[1]
     return data
 
@@ -326,15 +327,15 @@ def _read_prompts(data, path):
 def read_csv(root, path):
     rows = _csv_rows(path)  # (line number, cells)
     if not rows or rows[0][1][:2] != ["image", "split"] or len(rows[0][1]) < 3:
-        raise ValueError(f"{path}: header is {','.join(rows[0][1][:4]) if rows else 'empty'}..., "
-                         "expected image,split,<attr1>,<attr2>,...")
+        raise UserError(f"{path}: header is {','.join(rows[0][1][:4]) if rows else 'empty'}..., "
+                        "expected image,split,<attr1>,<attr2>,...")
     names, body = rows[0][1][2:], [r for _, r in rows[1:]]  # image paths are relative to the folder
     if not body:
-        raise ValueError(f"{path}: no images: the header is followed by no rows")
+        raise UserError(f"{path}: no images: the header is followed by no rows")
     for i, r in rows[1:]:
         if len(r) != len(names) + 2 or r[1] not in ("train", "val", "test") or set(r[2:]) - {"0", "1"}:
-            raise ValueError(f"{path}: line {i} is {','.join(r[:4])}..., expected an image path, a split "
-                             f"(train, val or test) and {len(names)} cells of 0 or 1")
+            raise UserError(f"{path}: line {i} is {','.join(r[:4])}..., expected an image path, a split "
+                            f"(train, val or test) and {len(names)} cells of 0 or 1")
     split = np.array([r[1] for r in body])
     labels = (np.array([r[2:] for r in body]) == "1").reshape(len(body), len(names))
     return _read_prompts(_record(path, [os.path.join(root, r[0]) for r in body], labels, names, {
@@ -374,17 +375,17 @@ def load_dataset(name, root=None, *, pkl=None, images=None, partition=0):
     `pkl` (the file under root; for `pkl` the one there) and `images` (their folder under root); `partition` picks
     one of several random partitions (0, the one papers report)."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
     if (pkl or images) and name not in PICKLES:
-        raise ValueError(f"--pkl and --images are options of the pickle datasets ({', '.join(PICKLES)}), not of {name}")
+        raise UserError(f"--pkl and --images are options of the pickle datasets ({', '.join(PICKLES)}), not of {name}")
     if partition != 0 and name not in PARTITIONED:
-        raise ValueError(f"--partition={partition}: {name} has one partition; {', '.join(PARTITIONED)} have several")
+        raise UserError(f"--partition={partition}: {name} has one partition; {', '.join(PARTITIONED)} have several")
     reader, ann, holds, where = DATASETS[name]
     root = root or os.path.join("data", name)
     if name == "pkl" and not pkl:  # the one pickle in the root
         found = sorted(f for f in os.listdir(root) if f.endswith(".pkl")) if os.path.isdir(root) else []
         if len(found) > 1:
-            raise ValueError(f"{root} holds several pickles ({', '.join(found)}); choose one with --pkl=FILE")
+            raise UserError(f"{root} holds several pickles ({', '.join(found)}); choose one with --pkl=FILE")
         ann = found[0] if found else "*.pkl"
     path = os.path.join(root, pkl or ann)
     if name == "synth" and not os.path.exists(path):
@@ -393,20 +394,20 @@ def load_dataset(name, root=None, *, pkl=None, images=None, partition=0):
         synth.make_synthetic(root, synth.N, seed=0)
         print(f"done in {time.time() - t0:.0f} s")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: the {name} reader expects {holds} under {root}; {where}")
+        raise MissingFile(f"{path} not found: the {name} reader expects {holds} under {root}; {where}")
     opts = ({"partition": partition} if name in PARTITIONED else {}) | ({"images": images} if images else {})
     try:
         data = reader(root, path, **opts)
     except (KeyError, IndexError, TypeError, AttributeError) as e:
-        raise ValueError(f"{path}: not laid out as the {name} release ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: not laid out as the {name} release ({type(e).__name__}: {e})") from None
     n, a = data.labels.shape
     if len(data.image_paths) != n or len(data.attr_names) != a or not all(
             len(ix) == 0 or (ix.min() >= 0 and ix.max() < n) for ix in data.splits.values()):
-        raise ValueError(f"{path}: {len(data.image_paths)} images, {data.labels.shape} labels, {len(data.attr_names)} "
-                         f"names and splits within 0..{n - 1} were expected to agree")
+        raise UserError(f"{path}: {len(data.image_paths)} images, {data.labels.shape} labels, {len(data.attr_names)} "
+                        f"names and splits within 0..{n - 1} were expected to agree")
     if n and not os.path.exists(data.image_paths[0]):
-        raise FileNotFoundError(f"{data.image_paths[0]} not found: the {name} reader expects {holds} under {root}; "
-                                f"{where}")
+        raise MissingFile(f"{data.image_paths[0]} not found: the {name} reader expects {holds} under {root}; "
+                          f"{where}")
     return data
 
 # -----------------------------------------------------------------------------
@@ -465,12 +466,11 @@ EPILOG = (f"datasets: {', '.join(DATASETS)}\n(python synth.py draws the syntheti
 
 
 def main(argv):
-    names = [a for a in argv if not a.startswith("--")]
+    cfg, names = cli.parse(argv, DataConfig, positional=True)
     if names:
-        raise ValueError(f"python data.py {names[0]}: the dataset is an option, --dataset={names[0]}")
-    cfg = cli.parse(argv, DataConfig)
+        raise UserError(f"python data.py {names[0]}: the dataset is an option, --dataset={names[0]}")
     if not cfg.dataset:
-        raise ValueError(f"--dataset: which one? expected one of {', '.join(DATASETS)}")
+        raise UserError(f"--dataset: which one? expected one of {', '.join(DATASETS)}")
     data = load_dataset(cfg.dataset, cfg.root or None, pkl=cfg.pkl, images=cfg.images, partition=cfg.partition)
     print(summary(cfg.dataset, data), flush=True)
     check_images(data.image_paths, decode=cfg.decode)

@@ -4,7 +4,7 @@ Score a checkpoint of train.py on a split of its dataset.
     python evaluate.py --ckpt=out/ckpt.pt                 # the test split of the dataset it was trained on
     python evaluate.py --ckpt=out/ckpt.pt --split=val --beam_size=3
 
-Prints the standard PAR metrics, how the generated sequences end, and a table per attribute, and writes beside the
+Prints the standard PAR metrics, the predicted and true attributes per image, and a table per attribute, and writes beside the
 checkpoint (or in --out_dir) what a paper table or an analysis starts from: metrics_<split>.json, every prediction in
 predictions_<split>.csv, the attribute tokens' similarity matrix as similarity.png and similarity.csv (SequencePAR's;
 the linear head has no attribute tokens) and the images it gets most wrong in failures_<split>.png. Every training
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import cli
+from cli import UserError
 from checkpoint import check_attributes, load_checkpoint, model_from_checkpoint, save_atomic
 from data import load_dataset
 from decoder import N_SPECIAL, SequencePAR
@@ -82,14 +83,11 @@ def attribute_metrics(gt, pred):
     return [{k: 100 * float(v[j]) for k, v in columns.items()} for j in range(gt.shape[1])]
 
 
-def sequence_stats(gt, pred):
-    """What the generated sequences look like: how many attributes the model emits against how many are true, and how
-    often decoding ended by choosing <eos> rather than by running out of attributes (having emitted the last one,
-    after which only <eos> is allowed)."""
+def set_sizes(gt, pred):
+    """How many attributes the model predicts per image, against how many are true, on average: a model that stops too
+    early or runs on shows here first."""
     gt, pred = np.asarray(gt).astype(bool), np.asarray(pred).astype(bool)
-    ran_out = float(pred[:, -1].mean()) if pred.size else 0.0
-    return dict(emitted=float(pred.sum(1).mean()), true=float(gt.sum(1).mean()), stopped_by_eos=100 * (1 - ran_out),
-                ran_out=100 * ran_out)
+    return dict(predicted=float(pred.sum(1).mean()), true=float(gt.sum(1).mean()))
 
 
 def one_sided(names, gt):
@@ -101,9 +99,9 @@ def one_sided(names, gt):
 
 
 def report(names, gt, pred):
-    """The overall metrics, the sequence view and the per-attribute table, as Markdown that also reads aligned; an
+    """The overall metrics, the set sizes and the per-attribute table, as Markdown that also reads aligned; an
     attribute without positives (or negatives) here is named under the metrics and marked * in the table."""
-    m, s, capped = metrics(gt, pred), sequence_stats(gt, pred), one_sided(names, gt)
+    m, s, capped = metrics(gt, pred), set_sizes(gt, pred), one_sided(names, gt)
     notes = [f"note: mA averages in attributes {k.replace('_', ' ')} here (their mA is at most 50; marked *): "
              + ", ".join(v) for k, v in capped.items() if v]
     marked = set(sum(capped.values(), []))
@@ -114,8 +112,7 @@ def report(names, gt, pred):
     for name, row in zip(names, attribute_metrics(gt, pred)):
         name = name + " *" if name in marked else name
         lines.append(f"| {name:<{width}} | " + " | ".join(f"{row[h]:>10.2f}" for h in head) + " |")
-    return "\n".join([format_metrics(m), f"attributes per image: {s['emitted']:.2f} emitted, {s['true']:.2f} true; "
-                      f"decoding stopped by <eos> {s['stopped_by_eos']:.1f}%, ran out of attributes {s['ran_out']:.1f}%",
+    return "\n".join([format_metrics(m), f"attributes per image: {s['predicted']:.2f} predicted, {s['true']:.2f} true",
                       *notes, ""] + lines)
 
 
@@ -236,12 +233,13 @@ def evaluate(model, data, split, batches, out_dir, source, device="cpu", ctx=nul
         save_picture(gallery, os.path.join(out_dir, f"failures_{split}.png"))
         written.append(f"failures_{split}.png")
     result = dict(**source, split=split, beam_size=beam_size, images=len(indices), commit=git_commit(),
-                  overall=metrics(gt, pred), sequence=sequence_stats(gt, pred),
+                  overall=metrics(gt, pred), set_size=set_sizes(gt, pred),
                   attributes=dict(zip(names, attribute_metrics(gt, pred))), **one_sided(names, gt),
                   failures=[dict(image=data.image_paths[indices[i]], errors=e) for i, e in zip(worst, errors)])
-    save_text(os.path.join(out_dir, f"metrics_{split}.json"), json.dumps(result, indent=1))
+    # the metrics last: whoever finds them finds the predictions they were computed from
     save_text(os.path.join(out_dir, f"predictions_{split}.csv"),
               predictions_csv([data.image_paths[i] for i in indices], names, pred, scores, gt))
+    save_text(os.path.join(out_dir, f"metrics_{split}.json"), json.dumps(result, indent=1))
     log(f"wrote {', '.join(written)} in {out_dir}")
     return result["overall"]
 
@@ -276,9 +274,9 @@ def main(argv):
                                ("batch_size", cfg.batch_size >= 1, "1 or more"), ("workers", cfg.workers >= 0, "0 or more"),
                                ("pictures", cfg.pictures >= 0, "0 or more"), ("partition", cfg.partition >= 0, "0 or more")):
         if not ok:
-            raise ValueError(f"--{name}={getattr(cfg, name)}: expected {expected}")
+            raise UserError(f"--{name}={getattr(cfg, name)}: expected {expected}")
     if int(os.environ.get("RANK", -1)) != -1:
-        raise ValueError("evaluate.py runs in one process: start it with python, not torchrun")
+        raise UserError("evaluate.py runs in one process: start it with python, not torchrun")
     device = cli.resolve_device(cfg.device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     ckpt = load_checkpoint(cfg.ckpt)
@@ -292,7 +290,7 @@ def main(argv):
                         partition=dataset["partition"])
     check_attributes(ckpt, cfg.ckpt, data.attr_names, f"evaluate it on the dataset it was trained on ({ckpt['dataset']})")
     if len(data.splits.get(cfg.split, [])) == 0:
-        raise ValueError(f"{dataset['dataset']} has no {cfg.split} split; its splits: {', '.join(data.splits)}")
+        raise UserError(f"{dataset['dataset']} has no {cfg.split} split; its splits: {', '.join(data.splits)}")
     check_images([data.image_paths[i] for i in data.splits[cfg.split]])
     model = model_from_checkpoint(ckpt, cfg.ckpt).to(device)
     print(f"scoring {cfg.ckpt} (step {ckpt['step']}) on {dataset['dataset']} {cfg.split}: "

@@ -4,7 +4,7 @@ the paper does (Pad, RandomCrop, flip), normalized with CLIP's statistics, and c
 pixels: a torch Dataset of PIL transforms in DataLoader workers, for any dataset, or for a set that fits in memory
 (the synthetic one) every image decoded once into one uint8 tensor, cached on disk and augmented on whole batches.
 
-Shapes: N images, B batch, S image size, A attributes.
+Shapes: N images, B batch, A attributes; an image is (3, size, size).
 """
 import hashlib
 import multiprocessing
@@ -18,6 +18,7 @@ import torch
 import torchvision.transforms as transforms
 from PIL import Image, ImageOps
 
+from cli import MissingFile, UserError
 from checkpoint import save_atomic
 from clip import MEAN, STD
 from run import worker_init
@@ -71,9 +72,9 @@ def read_image(path):
             img.seek(0)
             return _eight_bit(ImageOps.exif_transpose(img)).convert("RGB")  # grey, palette, RGBA, CMYK all become RGB
     except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} not found") from None
+        raise MissingFile(f"image {path} not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+        raise UserError(f"cannot read image {path}: {e}") from None
 
 
 def check_images(paths, decode=False):
@@ -93,8 +94,8 @@ def check_images(paths, decode=False):
     if decode:
         print(f"\rreading images: {len(paths)}/{len(paths)}", file=sys.stderr)
     if bad:
-        raise FileNotFoundError(f"{len(bad)} of {len(paths)} images are {'missing or unreadable' if decode else 'missing'}: "
-                                + ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else ""))
+        raise MissingFile(f"{len(bad)} of {len(paths)} images are {'missing or unreadable' if decode else 'missing'}: "
+                          + ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else ""))
 
 
 class PARImages(torch.utils.data.Dataset):
@@ -165,22 +166,22 @@ def load_images(paths, size, folder=None):
 
 
 def normalize(x):
-    # uint8 (B, 3, S, S) -> CLIP's statistics, as ToTensor + Normalize do
+    # uint8 (B, 3, size, size) -> CLIP's statistics, as ToTensor + Normalize do
     mean, std = torch.tensor(MEAN, device=x.device), torch.tensor(STD, device=x.device)
     return (x.float() / 255 - mean[:, None, None]) / std[:, None, None]
 
 
 def augment(x, pad, shifts=None, flips=None):
-    """The training transform's random part on a batch of uint8 images (B, 3, S, S): Pad(pad) with black, a random
-    S x S crop and a random horizontal flip, as in build_transform, then normalize. shifts (B, 2) (top, left) and
+    """The training transform's random part on a batch of uint8 images (B, 3, size, size): Pad(pad) with black, a
+    random size x size crop and a random horizontal flip, as in build_transform, then normalize. shifts (B, 2) (top, left) and
     flips (B,) bool may be given; by default they are drawn from torch's generator."""
-    B, _, S, _ = x.shape
+    B, _, size, _ = x.shape
     shifts = torch.randint(0, 2 * pad + 1, (B, 2)) if shifts is None else shifts
     flips = torch.rand(B) < 0.5 if flips is None else flips
     x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    rows = (shifts[:, 0, None] + torch.arange(S))[:, None, :, None]  # (B, 1, S, 1)
-    cols = shifts[:, 1, None] + torch.arange(S)  # (B, S)
-    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, None, :]  # (B, 1, 1, S)
+    rows = (shifts[:, 0, None] + torch.arange(size))[:, None, :, None]  # (B, 1, size, 1)
+    cols = shifts[:, 1, None] + torch.arange(size)  # (B, size)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, None, :]  # (B, 1, 1, size)
     return normalize(x[torch.arange(B)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols])
 
 # -----------------------------------------------------------------------------

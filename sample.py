@@ -1,11 +1,12 @@
 """
-Predict the attributes of people in photos with a trained SequencePAR checkpoint.
+Predict the attributes of people in photos with a checkpoint of train.py (SequencePAR, or the linear head).
 
     python sample.py img.jpg [more.jpg a/folder ...] [--ckpt=out/ckpt.pt] [--json=True] [--out_dir=DIR]
     python sample.py img.jpg --attention=True       # where the decoder looked, per attribute, in out/samples
 
-Prints, per image, the attributes the model emits with the probability it gave each; one bad image is reported and
-the others go on.
+Without --ckpt it takes out/ckpt.pt (your own run), or else out/demo/ckpt.pt (make demo's), and says which. Prints,
+per image, the attributes the model predicts with the probability it gave each; one bad image is reported and the
+others go on.
 """
 import json
 import os
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import cli
+from cli import MissingFile, UserError
 import clip
 from checkpoint import load_checkpoint, model_from_checkpoint
 from pixels import build_transform, read_image
@@ -27,7 +29,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 @dataclass
 class SampleConfig:
-    ckpt: str = "out/ckpt.pt"     # a checkpoint of train.py
+    ckpt: str = ""                # a checkpoint of train.py; "": out/ckpt.pt, or else make demo's out/demo/ckpt.pt
     json: bool = False            # one JSON document instead of text
     out_dir: str = ""             # a folder for each image drawn with its attributes beside it
     attention: bool = False       # also a picture per image of the decoder's cross-attention over the image patches
@@ -53,6 +55,15 @@ def load_model(path, device="cpu", compile=False):
         # would compile again and again: they stay eager.
         model.clip.visual.compile()
     return model, ckpt["attr_names"]
+
+
+def find_checkpoint():
+    # a run of the user's own in out/ comes first; the demo's is the fallback, so that sample.py works after make demo
+    for default in (os.path.join("out", "ckpt.pt"), os.path.join("out", "demo", "ckpt.pt")):
+        if os.path.isfile(default):
+            return default
+    raise MissingFile("no checkpoint: out/ckpt.pt and out/demo/ckpt.pt are not there; make demo trains one, so does "
+                      "python train.py --dataset=NAME, or pass --ckpt=PATH")
 
 
 def find_images(inputs, skip=None):
@@ -143,27 +154,30 @@ def draw_attention(image, maps, names, tile=128):
 def parse_args(argv):
     opts, inputs = cli.parse(argv, SampleConfig, positional=True)
     if not inputs:
-        raise ValueError("no images given: python sample.py img.jpg [more images or folders] [--ckpt=out/ckpt.pt]")
+        raise UserError("no images given: python sample.py img.jpg [more images or folders] [--ckpt=out/ckpt.pt]")
     if opts.batch_size < 1 or opts.beam_size < 1:
-        raise ValueError(f"--batch_size={opts.batch_size} --beam_size={opts.beam_size}: expected 1 or more")
+        raise UserError(f"--batch_size={opts.batch_size} --beam_size={opts.beam_size}: expected 1 or more")
     if opts.layers not in ("last", "all"):
-        raise ValueError(f"--layers={opts.layers}: expected last or all")
+        raise UserError(f"--layers={opts.layers}: expected last or all")
     if opts.attention and not opts.out_dir:
         opts.out_dir = os.path.join("out", "samples")
     if opts.out_dir and os.path.exists(opts.out_dir) and not os.path.isdir(opts.out_dir):
-        raise ValueError(f"--out_dir={opts.out_dir} is a file; expected a folder for the pictures")
+        raise UserError(f"--out_dir={opts.out_dir} is a file; expected a folder for the pictures")
     return opts, inputs
 
 
 def main(argv):
     opts, inputs = parse_args(argv)
     device = cli.resolve_device(opts.device)
+    if not opts.ckpt:
+        opts.ckpt = find_checkpoint()
+        print(f"checkpoint: {opts.ckpt}", file=sys.stderr)
     model, names = load_model(opts.ckpt, device, opts.compile)
     if opts.attention and not isinstance(model, SequencePAR):
-        raise ValueError(f"--attention=True: {opts.ckpt} has the linear head; attention maps need the decoder")
+        raise UserError(f"--attention=True: {opts.ckpt} has the linear head; attention maps need the decoder")
     paths = find_images(inputs, skip=opts.out_dir or None)
     if not paths:
-        raise ValueError(f"no images in {', '.join(inputs)} (files ending in {', '.join(IMAGE_EXTENSIONS)})")
+        raise UserError(f"no images in {', '.join(inputs)} (files ending in {', '.join(IMAGE_EXTENSIONS)})")
     size = model.clip.config.image_resolution
     loader = torch.utils.data.DataLoader(Images(paths, size), opts.batch_size, num_workers=opts.workers,
                                          collate_fn=collate)

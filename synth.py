@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import cli
+from cli import UserError
 
 ATTRS = ["Female", "AgeLess18", "Age18-60", "AgeOver60", "Front", "Back", "Side", "Hat", "Glasses", "LongHair",
                "Backpack", "HandBag", "ShoulderBag", "ShortSleeve", "LongSleeve", "UpperStripe", "UpperLogo",
@@ -210,7 +211,7 @@ def make_synthetic(root, n, seed, workers=None):
     replaced only if we drew it (it holds our marker file); a folder with anything else in it is refused."""
     root = os.path.abspath(root)
     if os.path.exists(root) and not (os.path.isdir(root) and (_ours(root) or not os.listdir(root))):
-        raise ValueError(f"{root} is not empty and was not drawn by synth.py; choose an empty or new folder")
+        raise UserError(f"{root} is not empty and was not drawn by synth.py; choose an empty or new folder")
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     _remove_stale_drafts(parent)
@@ -249,7 +250,7 @@ class SynthConfig:
 def main(argv):
     cfg = cli.parse(argv, SynthConfig)
     if cfg.n < 1:
-        raise ValueError(f"--n={cfg.n}: expected 1 or more images")
+        raise UserError(f"--n={cfg.n}: expected 1 or more images")
     print(f"drawing {cfg.n} images into {cfg.root} ...", flush=True)
     try:
         make_synthetic(cfg.root, cfg.n, cfg.seed)

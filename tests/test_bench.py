@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import bench
 import clip
+import train
 from conftest import run_script
 from decoder import DecoderConfig, SequencePAR
 
@@ -15,13 +16,13 @@ TINY = clip.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, visio
                        vision_patch_size=8, transformer_width=64, transformer_heads=2, transformer_layers=2)
 
 
-@pytest.mark.parametrize("config", [TINY, clip.config("ViT-B/32")], ids=["tiny", "ViT-B/32"])
+@pytest.mark.parametrize("config", [TINY, train.TINY_CLIP, clip.config("ViT-B/32")], ids=["tiny", "demo", "ViT-B/32"])
 def test_encoder_flops_match_pytorchs_count(config):
     c = config
     visual = clip.VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
-                                    c.vision_heads, c.embed_dim)
+                                    c.vision_heads, c.embed_dim, c.vision_stem, c.vision_stem_width)
     x = torch.randn(2, 3, c.image_resolution, c.image_resolution)
-    # FlopCounterMode counts matmuls and convolutions (not norms or softmax, as we do not); it does not know the CPU's
+    # FlopCounterMode counts matmuls and convolutions (not norms, softmax or batch norms, as we do not); it does not know the CPU's
     # fused attention kernel, so attention runs as its plain matmuls here
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         visual(x, all_tokens=True)

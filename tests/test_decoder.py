@@ -103,7 +103,7 @@ def test_written_out_cross_attention_equals_sdpa():
         torch.testing.assert_close(logits, model.decode(idx, kvs, table), rtol=0, atol=1e-5)
     assert len(atts) == 3
     for att in atts:
-        assert att.shape == (2, 4, 10, 17)  # (B, nh, T, N): 16 patches and the class token
+        assert att.shape == (2, 4, 10, 17)  # (B, nh, T, L): 16 patches and the class token
         torch.testing.assert_close(att.sum(-1), torch.ones(2, 4, 10), rtol=0, atol=1e-6)
 
 

@@ -56,10 +56,9 @@ def test_attribute_metrics_by_hand():
     assert (rows[2]["recall"], rows[2]["precision"], rows[2]["F1"]) == (0, 0, 0)
     assert rows[2]["neg_recall"] == pytest.approx(200 / 3)
     assert np.mean([r["mA"] for r in rows]) == pytest.approx(evaluate.metrics(gt, pred)["mA"])
-    s = evaluate.sequence_stats(gt, pred)  # image 3 emitted the last attribute: decoding ran out there
-    assert s == pytest.approx(dict(emitted=7 / 4, true=5 / 4, stopped_by_eos=75.0, ran_out=25.0))
+    assert evaluate.set_sizes(gt, pred) == pytest.approx(dict(predicted=7 / 4, true=5 / 4))
     table = evaluate.report(["hat", "hair", "bag"], gt, pred).splitlines()
-    assert table[0].startswith("mA 66.67 | Acc 41.67") and "1.75 emitted, 1.25 true" in table[1]
+    assert table[0].startswith("mA 66.67 | Acc 41.67") and table[1] == "attributes per image: 1.75 predicted, 1.25 true"
     assert re.fullmatch(r"\| hair +\| +25\.00 \| +66\.67 \| +100\.00 \| +33\.33 \| +33\.33 \| +50\.00 \|", table[-2])
     assert len({len(line) for line in table[3:]}) == 1  # aligned, and a Markdown table
 
@@ -104,7 +103,7 @@ def test_evaluate_writes_what_a_table_is_built_from(trained_run, synth_root, tin
     result = json.loads((tmp_path / "metrics_val.json").read_text())
     assert result["overall"] == pytest.approx(m)
     assert set(result) >= {"checkpoint", "step", "dataset", "split", "beam_size", "images", "commit", "overall",
-                           "sequence", "attributes", "failures"}
+                           "set_size", "attributes", "failures"}
     step = torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"]
     assert (result["step"], result["dataset"], result["split"], result["beam_size"], result["images"]) == \
         (step, "synth", "val", 1, 32)
@@ -115,7 +114,7 @@ def test_evaluate_writes_what_a_table_is_built_from(trained_run, synth_root, tin
         recall = (g & p).sum() / max(g.sum(), 1e-20)
         assert result["attributes"][name]["recall"] == pytest.approx(100 * recall)
         assert result["attributes"][name]["rate"] == pytest.approx(100 * g.mean())
-    assert result["sequence"]["emitted"] == pytest.approx(pred.sum(1).mean())
+    assert result["set_size"]["predicted"] == pytest.approx(pred.sum(1).mean())
     # the gallery: the images with the most wrong attributes
     errors = (gt != pred).sum(1)
     assert [f["errors"] for f in result["failures"]] == sorted(errors, reverse=True)[:5]
@@ -128,7 +127,7 @@ def test_evaluate_writes_what_a_table_is_built_from(trained_run, synth_root, tin
     with torch.no_grad():
         tokens = F.normalize(model.token_table()[3:], dim=-1)
     assert np.allclose(np.array([[float(x) for x in r[1:]] for r in rows[1:]]), (tokens @ tokens.T).numpy(), atol=1e-5)
-    assert "| Female " in log and "decoding stopped by <eos>" in log and "wrote" in log
+    assert "| Female " in log and "attributes per image: " in log and "wrote" in log
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 

@@ -1,6 +1,7 @@
 """sample.py on the checkpoint of the tiny training run: text, JSON, pictures, attention maps, errors."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -63,20 +64,20 @@ def test_attention_maps_equal_cross_attention_by_hand(trained_run):
     handles = [b.cross_attn.register_forward_pre_hook(lambda m, args: inputs.append(args[0])) for b in blocks]
     with torch.no_grad():
         model.decode(sample.labels_to_targets(pred)[:, :-1], model.memory_kv(images), model.token_table())
-        memory = model.clip.encode_image(images, all_tokens=True)  # (B, N, D)
+        memory = model.clip.encode_image(images, all_tokens=True)  # (B, L, D)
     for h in handles:
         h.remove()
     B, T, D = inputs[0].shape
     nh = blocks[0].cross_attn.n_head
     hs = D // nh
 
-    def by_hand(attn, x):  # (B, T, N), averaged over heads
+    def by_hand(attn, x):  # (B, T, L), averaged over heads
         q = (x @ attn.c_q.weight.T + attn.c_q.bias).view(B, T, nh, hs).transpose(1, 2)
         k = (memory @ attn.c_kv.weight[:D].T + attn.c_kv.bias[:D]).view(B, -1, nh, hs).transpose(1, 2)
         return (q @ k.transpose(-2, -1) / hs ** 0.5).softmax(-1).mean(1)
 
     with torch.no_grad():
-        per_layer = torch.stack([by_hand(b.cross_attn, x) for b, x in zip(blocks, inputs)])  # (L, B, T, N)
+        per_layer = torch.stack([by_hand(b.cross_attn, x) for b, x in zip(blocks, inputs)])  # (layers, B, T, L)
     assert len(blocks) > 1 and T == model.n_attr + 1
     assert not torch.allclose(per_layer[-1], per_layer.mean(0))  # so that "last" and "all" are told apart
     for layers, expected in (("last", per_layer[-1]), ("all", per_layer.mean(0))):
@@ -95,8 +96,8 @@ def test_errors(tmp_path):
         sample.main(["x.jpg", f"--out_dir={tmp_path}/pictures"])
     with pytest.raises(ValueError, match=r"no images given"):
         sample.main(["--json=True"])
-    with pytest.raises(ValueError, match=r"^--json: expected --json=True or --json=False$"):
-        sample.main(["x.jpg", "--json"])
+    with pytest.raises(ValueError, match=r"no images given"):
+        sample.main(["--json"])  # a bool alone is True, and takes no value
     with pytest.raises(ValueError, match=r"^--out: it is --out_dir now$"):
         sample.main(["x.jpg", "--out=pics"])
     with pytest.raises(ValueError, match=r"unknown option --foo"):
@@ -188,3 +189,23 @@ def test_folders_empty_linked_and_our_own(trained_run, synth_root, tmp_path, cap
     # the pictures we wrote are in the folder we read: a second run does not read them
     assert sample.main([str(folder), f"--ckpt={out}/ckpt.pt", f"--out_dir={pictures}", "--workers=0"]) == 0
     assert [line for line in capsys.readouterr().out.splitlines() if not line.startswith("  ")] == printed
+
+
+def test_without_ckpt_it_takes_your_run_in_out_else_the_demos_and_says_which(trained_run, synth_root, tmp_path,
+                                                                            monkeypatch, capsys):
+    image = os.path.join(synth_root, "images", "000001.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"^no checkpoint: out/ckpt\.pt and out/demo/ckpt\.pt are not there; "
+                                                r"make demo trains one, so does python train\.py --dataset=NAME, or "
+                                                r"pass --ckpt=PATH$"):
+        sample.main([image, "--workers=0"])
+    os.makedirs("out/demo")
+    shutil.copy(os.path.join(trained_run[0], "ckpt.pt"), "out/demo/ckpt.pt")  # what make demo leaves
+    capsys.readouterr()
+    assert sample.main([image, "--workers=0"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == "checkpoint: out/demo/ckpt.pt\n" and printed.out.startswith(image + "\n  ")
+    # a run of the user's own in out/ comes first; the demo never writes there
+    torch.save({"not": "a checkpoint"}, "out/ckpt.pt")
+    with pytest.raises(ValueError, match=r"^out/ckpt\.pt is not a checkpoint of train\.py"):
+        sample.main([image, "--workers=0"])
