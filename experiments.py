@@ -35,9 +35,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import cli
+from cli import UserError
 import data as D
 import synth
 from checkpoint import save_atomic
+from run import finished_at
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -218,12 +220,12 @@ def command(cfg, run, base_root):
                 "--dataset=synth", f"--root={base_root}", f"--out_dir={out}", "--split=test", "--pictures=0"], out
     n_train = train_size(run.root, run.root == base_root)
     if n_train < 64:
-        raise ValueError(f"{run.root}: {n_train} training images, fewer than a batch of 64")
+        raise UserError(f"{run.root}: {n_train} training images, fewer than a batch of 64")
     epochs = run.steps / (n_train // 64)  # the preset's batches of 64: exactly run.steps steps
     args = [sys.executable, os.path.join(ROOT, "train.py"), "--preset=synth", f"--head={run.head}", f"--seed={run.seed}",
             f"--dataset={'synth' if run.root == base_root else 'csv'}", f"--root={run.root}", f"--out_dir={out}",
             f"--epochs={epochs!r}", f"--warmup_epochs={0.6 * epochs!r}", "--log_interval=100", *run.options]
-    if os.path.exists(os.path.join(out, "last.pt")) and not os.path.exists(os.path.join(out, "metrics_test.json")):
+    if os.path.exists(os.path.join(out, "last.pt")):
         return args + ["--resume=True"], out  # stopped half-way by Ctrl-C: continue
     return args + ["--overwrite=True"], out  # a run killed before it saved anything starts again
 
@@ -241,11 +243,10 @@ def read_results(path):
 def result_row(run, out, names):
     with open(os.path.join(out, "metrics_test.json")) as f:
         m = json.load(f)
-    log = open(os.path.join(out, "run.log")).read()
-    t = re.search(r"time: ([\d.]+) s training", log)
+    t = m.get("train_s")  # (an evaluate.py run has no training time)
     attrs = {n: m["attributes"][n]["mA"] for n in names}
     row = dict(key=run.key, experiment=run.experiment, condition=run.condition, head=run.head, seed=run.seed,
-               steps=run.steps, train_s=t[1] if t else "", **{k: f"{m['overall'][k]:.2f}" for k in (*METRICS, "F1_hm")},
+               steps=run.steps, train_s=f"{t:.1f}" if t is not None else "", **{k: f"{m['overall'][k]:.2f}" for k in (*METRICS, "F1_hm")},
                focus_mA=f"{np.mean([attrs[n] for n in RARE]):.2f}", commit=(m.get("commit") or "")[:10])
     return {**row, **{f"mA:{n}": f"{attrs[n]:.2f}" for n in names}}
 
@@ -263,6 +264,12 @@ def execute(cfg, runs, results_path, base, log=print):
     """Runs what results.csv does not hold yet, cfg.jobs at a time. Returns the keys that failed."""
     done = read_results(results_path)
     todo = [r for r in runs if r.key not in done or done[r.key]["steps"] != str(r.steps)]
+    for run in list(todo):  # finished, but stopped before it was recorded: its own files are the record
+        out = run_dir(cfg, run.key)
+        if (os.path.exists(os.path.join(out, "metrics_test.json")) if run.ckpt else finished_at(out) == run.steps):
+            append_result(results_path, result_row(run, out, base.attr_names))
+            todo.remove(run)
+            log(f"recorded {run.key} from its files: it had finished")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     live = []
     try:
@@ -453,12 +460,12 @@ def main(argv):
     chosen = cfg.only.split(",") if cfg.only else list(EXPERIMENTS)
     unknown = [e for e in chosen if e not in EXPERIMENTS]
     if unknown:
-        raise ValueError(f"--only={cfg.only}: unknown experiment {unknown[0]!r}; expected some of {','.join(EXPERIMENTS)}")
+        raise UserError(f"--only={cfg.only}: unknown experiment {unknown[0]!r}; expected some of {','.join(EXPERIMENTS)}")
     if "beam" in chosen and "heads" not in chosen:
         chosen.append("heads")  # beam search decodes the heads experiment's checkpoints
     for name, ok in (("steps", cfg.steps >= 1), ("seeds", 1 <= cfg.seeds <= 3), ("jobs", cfg.jobs >= 1)):
         if not ok:
-            raise ValueError(f"--{name}={getattr(cfg, name)}: expected {'1 to 3' if name == 'seeds' else '1 or more'}")
+            raise UserError(f"--{name}={getattr(cfg, name)}: expected {'1 to 3' if name == 'seeds' else '1 or more'}")
     cfg.only = ",".join(chosen)
     os.makedirs(cfg.out_dir, exist_ok=True)
     results_path = os.path.join(cfg.out_dir, "results.csv")

@@ -6,6 +6,7 @@ signals, which save the state before the run ends.
 import csv
 import ctypes
 import dataclasses
+import errno
 import fcntl
 import io
 import multiprocessing
@@ -15,7 +16,10 @@ import signal
 import sys
 import threading
 
+import torch
+
 from checkpoint import check_attributes, load_checkpoint, save_atomic
+from cli import MissingFile, UserError
 
 RUN_FILES = ("ckpt.pt", "last.pt")  # a folder holding one of these holds a run
 # the files a run writes into its out_dir, and their temporary names while save_atomic writes them
@@ -28,14 +32,14 @@ _held = {}  # folder (real path) -> the open file whose lock this process holds,
 
 def writable_folder(out):
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out_dir={out} is a file; expected a folder")
+        raise UserError(f"--out_dir={out} is a file; expected a folder")
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, f".write-test-{os.getpid()}")
         open(probe, "w").close()
         os.remove(probe)
     except OSError as e:
-        raise ValueError(f"--out_dir={out} is not writable ({e.strerror})") from None
+        raise UserError(f"--out_dir={out} is not writable ({e.strerror})") from None
 
 
 def hold_folder(out):
@@ -47,11 +51,17 @@ def hold_folder(out):
         fd = os.open(os.path.join(out, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            if e.errno != errno.EWOULDBLOCK:  # (some network file systems)
+                os.close(fd)
+                raise UserError(f"{out}: its file system does not support file locks ({errno.errorcode[e.errno]}), so "
+                                f"no run can hold it; choose an --out_dir on a local disk") from None
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise ValueError(f"{out} is in use by a live run (pid {pid}); wait for it to end, or choose another "
-                             f"--out_dir") from None
+            raise UserError(f"{out} is in use by a live run (pid {pid}); wait for it to end, or choose another "
+                            f"--out_dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _held[os.path.realpath(out)] = fd
@@ -67,10 +77,10 @@ def prepare_out_dir(cfg):
     hold_folder(out)
     held = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
     if cfg.resume and "last.pt" not in held:
-        raise FileNotFoundError(f"--resume=True: {os.path.join(out, 'last.pt')} not found, so there is nothing to resume")
+        raise MissingFile(f"--resume=True: {os.path.join(out, 'last.pt')} not found, so there is nothing to resume")
     if held and not cfg.resume and not cfg.overwrite:
-        raise ValueError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume=True, or choose "
-                         f"another --out_dir, or replace it with --overwrite=True")
+        raise UserError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume=True, or choose "
+                        f"another --out_dir, or replace it with --overwrite=True")
     replaced = sorted(f for f in os.listdir(out) if RUN_FILE.fullmatch(f)) if cfg.overwrite else []
     if replaced:
         print(f"--overwrite=True: this run replaces the one in {out}; removed {', '.join(replaced)}")
@@ -85,35 +95,59 @@ def check_resume(ckpt, path, model, attr_names, prompts, head):
                and head == "sequencepar"]
     if changed:
         n, then, now = changed[0]
-        raise ValueError(f"{path} was trained with another prompt for {n} ({then!r}, now {now!r})"
-                         + (f" and for {len(changed) - 1} more attributes" if len(changed) > 1 else "")
-                         + "; restore prompts.csv, or use another --out_dir")
+        raise UserError(f"{path} was trained with another prompt for {n} ({then!r}, now {now!r})"
+                        + (f" and for {len(changed) - 1} more attributes" if len(changed) > 1 else "")
+                        + "; restore prompts.csv, or use another --out_dir")
     now = {**dataclasses.asdict(model.clip.config), **(dataclasses.asdict(model.config) if head == "sequencepar" else {}),
            "head": head}
     then = {**ckpt["clip_config"], **ckpt["decoder_config"], "head": ckpt.get("head", "sequencepar")}
     changed = [f"{k} {then.get(k)} (now {v})" for k, v in now.items() if then.get(k) != v and k != "dropout"]
     if changed:
-        raise ValueError(f"{path} holds another model: {', '.join(changed)}; resume with the options it was trained "
-                         f"with, or use another --out_dir")
+        raise UserError(f"{path} holds another model: {', '.join(changed)}; resume with the options it was trained "
+                        f"with, or use another --out_dir")
+
+
+def run_steps(cfg, n_train):
+    """The length of a run in steps: --epochs passes over the n_train training images in batches of --batch_size."""
+    return max(1, round(cfg.epochs * (n_train // cfg.batch_size)))
+
+
+def finished_at(out_dir):
+    """The step at which the run in out_dir ended its training, if it was tested, else None. The test row of log.csv
+    is the last thing a run writes, after every report, so a run killed during its test is not finished."""
+    rows = CSVLog.rows(os.path.join(out_dir, "log.csv"))
+    evals = [r for r in rows if r["kind"] == "eval"]
+    return int(evals[-1]["step"]) if rows and rows[-1]["kind"] == "test" and evals else None
 
 
 def resume(path, model, optimizer, data, cfg, eval_split, log=print):
     """Loads the state of an interrupted run at `path` into model and optimizer, once it is known to be the same model
-    on the same attributes. Returns (step, best mA so far, training time so far, the step last evaluated: -1 for a
-    state a stop signal saved), or None for a run that finished (trained all its steps and was tested)."""
+    on the same attributes. Returns the run's state (step, best_mA, selected, train_s, eval_s, rng, and evaluated: the
+    step, or -1 for a state a stop signal saved), or None for a run that trained all its steps and was tested."""
     ckpt = load_checkpoint(path)
+    lacks = sorted({"optimizer", "metrics", "best_mA", "selected", "train_s", "eval_s", "rng"} - ckpt.keys())
+    if lacks:
+        raise UserError(f"{path} lacks the training state {', '.join(lacks)} (an older train.py wrote it); start "
+                        f"again with --overwrite=True, or score its ckpt.pt with evaluate.py")
     check_resume(ckpt, path, model, data.attr_names, data.prompts, cfg.head)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    step, best, elapsed = ckpt["step"], ckpt["best_mA"], ckpt["elapsed"]
-    tested = os.path.join(cfg.out_dir, "metrics_test.json")
-    if step >= cfg.epochs * (len(data.splits["train"]) // cfg.batch_size) and os.path.exists(tested):
-        log(f"{path} is a finished run (step {step}, tested: {tested}); nothing to resume: more --epochs train it "
-            f"further, python evaluate.py --ckpt={os.path.join(cfg.out_dir, 'ckpt.pt')} scores it again")
+    step, evaluated = ckpt["step"], ckpt["metrics"] is not None
+    if step >= run_steps(cfg, len(data.splits["train"])) and finished_at(cfg.out_dir) == step:
+        log(f"{path} is a finished run (step {step}, tested: {os.path.join(cfg.out_dir, 'metrics_test.json')}); "
+            f"nothing to resume: more --epochs train it further, python evaluate.py "
+            f"--ckpt={os.path.join(cfg.out_dir, 'ckpt.pt')} scores it again")
         return None
-    log(f"resumed from {path} at step {step} (" + (f"best {eval_split} mA so far {best:.2f})" if best >= 0
-                                                  else "not evaluated yet)"))
-    return step, best, elapsed, step if ckpt.get("metrics") is not None else -1
+    if evaluated and ckpt["selected"] == step:
+        # this state was selected when it was evaluated, and ckpt.pt is written after last.pt: a run killed between the
+        # two writes left an older ckpt.pt, so we write it again
+        best = os.path.join(cfg.out_dir, "ckpt.pt")
+        save_atomic(best, lambda f: torch.save({k: v for k, v in ckpt.items() if k not in ("optimizer", "rng")}, f))
+    log(f"resumed from {path} at step {step} (" + (f"best {eval_split} mA so far {ckpt['best_mA']:.2f}"
+        if ckpt["best_mA"] >= 0 else f"model selected at step {ckpt['selected']}" if ckpt["selected"] >= 0
+        else "not evaluated yet") + f", {ckpt['train_s']:.1f} s of training)")
+    return dict(step=step, evaluated=step if evaluated else -1,
+                **{k: ckpt[k] for k in ("best_mA", "selected", "train_s", "eval_s", "rng")})
 
 
 class CSVLog:
@@ -124,11 +158,16 @@ class CSVLog:
 
     def __init__(self, path, resume_step=None):
         self.path = path
-        rows = []
-        if resume_step is not None and os.path.exists(path):
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        rows = [r for r in self.rows(path) if int(r["step"]) <= resume_step] if resume_step is not None else []
         save_atomic(path, lambda f: f.write(self.lines([dict(zip(self.FIELDS, self.FIELDS))] + rows).encode()))
+
+    @staticmethod
+    def rows(path):
+        # the rows of a log.csv, without a last line that a kill cut short
+        if not os.path.exists(path):
+            return []
+        with open(path, newline="") as f:
+            return [r for r in csv.DictReader(f) if r.get("kind") and (r.get("step") or "").isdigit()]
 
     def lines(self, rows):
         out = io.StringIO()
@@ -156,9 +195,13 @@ class Interrupt:
 
     def __init__(self, last_path):
         self.requested, self.signum, self.last_path = False, signal.SIGINT, last_path
+        self.at_once = None  # where the run is when a signal must end it at once, not at the next step (the test)
         self.previous = {s: signal.signal(s, self.handler) for s in self.SIGNALS}
 
     def handler(self, signum, frame):
+        if self.at_once:
+            self.signum = signum
+            raise self.stopped(self.at_once)
         if self.requested:
             kept = f"{self.last_path} holds the last saved state" if os.path.exists(self.last_path) else "nothing saved"
             raise Interrupted(f"interrupted without saving; {kept}", signum)

@@ -7,11 +7,12 @@ Train SequencePAR on a pedestrian attribute dataset.
     torchrun --nproc_per_node=8 train.py --dataset=pa100k
     python train.py --help                          # every option and its default
 
-Every field of TrainConfig can be overridden with --key=value. The run checks its options and its data first, then
-evaluates on the validation split every epoch (on the test split where a dataset has none), keeps the best checkpoint
-in out/ckpt.pt and the latest state in out/last.pt (for --resume=True), and at the end scores the selected model on
-the test split with evaluate.py's `evaluate`, which writes its reports beside the checkpoint. One run at a time holds
-out_dir (run.py); Ctrl-C, SIGTERM or SIGHUP saves out/last.pt at the current step.
+Every field of TrainConfig can be overridden with --key=value (or --key value). The run checks its options and its
+data first, then evaluates on the validation split every epoch and keeps the best model in out/ckpt.pt (where a
+dataset has no validation split, it evaluates on test and keeps the last model: choosing on test would flatter it).
+out/last.pt holds the whole training state, written at every evaluation and when a stop signal (Ctrl-C, SIGTERM,
+SIGHUP) ends the run, for --resume=True. At the end the selected model is scored once on the test split with
+evaluate.py's `evaluate`, which writes its reports beside the checkpoint. One run at a time holds out_dir (run.py).
 """
 import dataclasses
 import math
@@ -25,13 +26,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import cli
+from cli import UserError
 import clip
 from checkpoint import load_checkpoint, save_atomic
 from data import label_warnings, load_dataset
 from decoder import DecoderConfig, LinearHead, SequencePAR, labels_to_targets
 from evaluate import evaluate, format_metrics, metrics, predict
 from pixels import EpochBatches, check_images, make_batches
-from run import CSVLog, Interrupt, prepare_out_dir, resume
+from run import CSVLog, Interrupt, prepare_out_dir, resume, run_steps
 
 
 @dataclass
@@ -51,14 +53,14 @@ class TrainConfig:
     n_layer: int = 6              # the decoder's (SequencePAR only)
     n_head: int = 8               # the decoder's attention heads; they divide CLIP's embedding width
     dropout: float = 0.1          # the decoder's
-    weighted_loss: bool = False   # rare attributes weigh more: the paper's weighted NLL, or weighted BCE for linear
+    weighted_loss: bool = True    # rare attributes weigh more: the paper's weighted NLL, or weighted BCE for linear
     # optim: the paper's recipe
     epochs: float = 50.0          # passes over the train split; the run is epochs x (train images // batch_size) steps
     batch_size: int = 32          # in total, over all processes
     lr: float = 1e-6              # CLIP's and the prompts' learning rate, and the head's unless head_lr is set
     head_lr: float = 0.0          # the decoder's (or the linear layer's) learning rate; 0: the same as lr
     weight_decay: float = 1e-4    # AdamW's, on matrices only
-    warmup_epochs: float = 5.0    # a linear warm-up, then cosine decay to 0 at the last step
+    warmup_epochs: float = 5.0    # a linear warm-up, then cosine decay towards 0, per step
     grad_clip: float = 1.0        # 0: no clipping
     # eval/log
     out_dir: str = "out"
@@ -83,7 +85,7 @@ class TrainConfig:
 # machine (the result then differs between machines by float rounding only). A model this far from converged wants a
 # large learning rate and a long warm-up (the first 6/10 of the run); the images are decoded once into memory, and an
 # evaluation every 5,000 steps is one evaluation on val, at the end.
-PRESETS = {"paper": {}, "synth": dict(clip="tiny", n_layer=2, n_head=4, dropout=0.0, weighted_loss=True, epochs=6.0,
+PRESETS = {"paper": {}, "synth": dict(clip="tiny", n_layer=2, n_head=4, dropout=0.0, epochs=6.0,
                                       batch_size=64, lr=1.5e-3, weight_decay=0.05, warmup_epochs=3.6, preload=True,
                                       workers=0, eval_interval=5000)}
 # The demo's CLIP: 64 px images cut into 4 x 4 patches of 16 px by a stem of three convolutions (16, 32, 64 channels),
@@ -100,7 +102,7 @@ def parse_config(argv):
     if preset == "auto":
         preset = "synth" if overrides.get("dataset") == "synth" else "paper"
     if preset not in PRESETS:
-        raise ValueError(f"--preset={preset}: expected auto, {' or '.join(PRESETS)}")
+        raise UserError(f"--preset={preset}: expected auto, {' or '.join(PRESETS)}")
     return TrainConfig(**{**PRESETS[preset], **overrides, "preset": preset})
 
 
@@ -123,9 +125,9 @@ def check_config(cfg):
              ("dropout", 0 <= cfg.dropout < 1, "a probability below 1")]
     for name, ok, expected in rules:
         if not ok:
-            raise ValueError(f"--{name}={getattr(cfg, name)}: expected {expected}")
+            raise UserError(f"--{name}={getattr(cfg, name)}: expected {expected}")
     if cfg.resume and cfg.overwrite:
-        raise ValueError("--resume=True and --overwrite=True contradict each other: continue the run, or replace it")
+        raise UserError("--resume=True and --overwrite=True contradict each other: continue the run, or replace it")
     cli.resolve_device(cfg.device)
     width = TINY_CLIP.embed_dim if cfg.clip == "tiny" else clip.config(cfg.clip).embed_dim \
         if cfg.clip in clip.available_models() else None  # a CLIP file is checked once it is read
@@ -134,7 +136,7 @@ def check_config(cfg):
 
 def check_heads(n_head, width):
     if width is not None and width % n_head:
-        raise ValueError(f"--n_head={n_head} does not divide the decoder's width {width} (CLIP's embedding width)")
+        raise UserError(f"--n_head={n_head} does not divide the decoder's width {width} (CLIP's embedding width)")
 
 
 def read_data(cfg, master=True, log=print):
@@ -147,7 +149,7 @@ def read_data(cfg, master=True, log=print):
     needed = list(dict.fromkeys(("train", eval_split, "test")))
     for split in needed:
         if len(data.splits.get(split, [])) == 0:
-            raise ValueError(f"{cfg.dataset}: the {split} split is empty or missing; a run needs train and test images")
+            raise UserError(f"{cfg.dataset}: the {split} split is empty or missing; a run needs train and test images")
     if master:
         check_images([data.image_paths[i] for s in needed for i in data.splits[s]], decode=cfg.decode)
     log(f"{cfg.dataset}: {len(data.labels)} images, {len(data.attr_names)} attributes; "
@@ -155,8 +157,8 @@ def read_data(cfg, master=True, log=print):
     for warning in label_warnings(data, eval_split):
         log(f"warning: {cfg.dataset}: {warning}")
     if len(data.splits["train"]) < cfg.batch_size:
-        raise ValueError(f"the train split has {len(data.splits['train'])} images, fewer than "
-                         f"--batch_size={cfg.batch_size}")
+        raise UserError(f"the train split has {len(data.splits['train'])} images, fewer than "
+                        f"--batch_size={cfg.batch_size}")
     return data, eval_split
 
 
@@ -191,7 +193,7 @@ def configure_optimizer(model, cfg):
 
 
 def lr_factor(progress, warmup):
-    # linear warm-up, then cosine decay to zero; progress and warmup are fractions of the whole run
+    # linear warm-up, then cosine decay towards zero; progress and warmup are fractions of the whole run
     if progress < warmup:
         return progress / warmup
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
@@ -209,7 +211,7 @@ def main(argv):
         rank, world, device = 0, 1, cli.resolve_device(cfg.device)
     master = rank == 0
     if cfg.batch_size % world:
-        raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by the {world} processes")
+        raise UserError(f"--batch_size={cfg.batch_size} must be divisible by the {world} processes")
     torch.manual_seed(cfg.seed + rank)
     cuda = device.startswith("cuda")
     if cuda:
@@ -234,13 +236,16 @@ def main(argv):
     model = build_model(cfg, data).to(device)
     raw_model = model
     optimizer, base_lrs = configure_optimizer(raw_model, cfg)
-    step, best, elapsed, evaluated = 0, -1.0, 0.0, 0  # evaluated: the step whose state was last evaluated
+    # the run so far: the step, the best val mA and the step of the model in ckpt.pt (-1: none yet), the step whose
+    # state was last evaluated, the seconds spent training and evaluating (over every start of the run)
+    state = dict(step=0, best_mA=-1.0, selected=-1, evaluated=0, train_s=0.0, eval_s=0.0, rng=None)
     best_path, last_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "last.pt")
     if cfg.resume:
-        state = resume(last_path, raw_model, optimizer, data, cfg, eval_split, log)
-        if state is None:  # a finished run
+        resumed = resume(last_path, raw_model, optimizer, data, cfg, eval_split, log)
+        if resumed is None:  # a finished run
             return None
-        step, best, elapsed, evaluated = state
+        state.update(resumed)
+    step, train_s0 = state["step"], state["train_s"]
     csv_log = CSVLog(os.path.join(cfg.out_dir, "log.csv"), step if cfg.resume else None) if master else None
     if cfg.compile:
         model = torch.compile(model)
@@ -253,11 +258,13 @@ def main(argv):
     train_batches, eval_batches = make_batches(cfg, data, raw_model.clip.config.image_resolution, sampler, cuda)
     if ddp and master:
         dist.barrier()
+    if state["rng"] is not None:  # dropout and augmentation go on as if the run had never stopped (one process)
+        torch.set_rng_state(state["rng"])
 
     def checkpoint(metrics_now):
-        return dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, best_mA=best,
-                    elapsed=elapsed, metrics=metrics_now, config=dataclasses.asdict(cfg),
-                    clip_config=dataclasses.asdict(raw_model.clip.config),
+        return dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), metrics=metrics_now,
+                    **{k: state[k] for k in ("step", "best_mA", "selected", "train_s", "eval_s")}, rng=torch.get_rng_state(),
+                    config=dataclasses.asdict(cfg), clip_config=dataclasses.asdict(raw_model.clip.config),
                     decoder_config=dataclasses.asdict(raw_model.config) if cfg.head == "sequencepar" else {},
                     head=cfg.head, attr_names=list(data.attr_names), prompts=list(data.prompts), dataset=cfg.dataset)
 
@@ -265,14 +272,15 @@ def main(argv):
         save_atomic(path, lambda f: torch.save(state, f))
 
     iters_per_epoch = sampler.per_epoch
-    max_iters = max(1, round(cfg.epochs * iters_per_epoch))
+    max_iters = run_steps(cfg, len(data.splits["train"]))
     eval_interval = cfg.eval_interval or iters_per_epoch
     log(f"training {max_iters} steps: {cfg.epochs:g} epochs of {iters_per_epoch} batches of {cfg.batch_size} images"
         + (f", from step {step}" if step else ""))
-    t_log, t_start, t_session, t_eval = time.time(), time.time() - elapsed, time.time(), 0.0
+    model.train()  # (a CLIP loaded from a file comes in eval mode)
+    t_log, t_session, t_eval = time.time(), time.time(), 0.0  # t_eval: this start's seconds of evaluation
     with Interrupt(last_path) as interrupt:
         while True:
-            elapsed = time.time() - t_start
+            state["train_s"] = train_s0 + time.time() - t_session - t_eval
             stop = interrupt.requested
             if ddp:  # every process must stop at the same step: the master's Ctrl-C decides
                 t = torch.tensor([float(stop)], device=device)
@@ -282,28 +290,37 @@ def main(argv):
                 if master:
                     save(checkpoint(None), last_path)
                 raise interrupt.stopped(f"at step {step}: saved {last_path}; continue with --resume=True")
-            # the fraction of the run done after this step: the schedule reaches its end with the last step
-            lr_mult = lr_factor(min(1.0, (step + 1) / max_iters), cfg.warmup_epochs / cfg.epochs)
+            # the fraction of the run done after this step, counted against one step past the end: the warm-up starts
+            # above 0 and the cosine ends above 0, so no step is spent at learning rate 0
+            lr_mult = lr_factor((step + 1) / (max_iters + 1), cfg.warmup_epochs / cfg.epochs)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * lr_mult
             finished = step >= max_iters
 
-            if step != evaluated and (step % eval_interval == 0 or finished):
+            if step != state["evaluated"] and (step % eval_interval == 0 or finished):
                 if master:
                     t0 = time.time()
                     pred, _, gt = predict(raw_model, eval_batches(eval_split), device, ctx, cfg.beam_size)
                     m = metrics(gt, pred)
-                    t_eval += time.time() - t0
-                    # without a validation split the last model is the selected one: choosing on test would flatter it
-                    improved = m["mA"] > best or eval_split == "test"
-                    best = max(best, m["mA"])
-                    state = checkpoint(m)
-                    save(state, last_path)
-                    if improved:
-                        save({k: v for k, v in state.items() if k != "optimizer"}, best_path)
-                    log(f"eval step {step} epoch {step / iters_per_epoch:.2f}: {eval_split} {format_metrics(m)}"
-                        + (f" | best, saved {best_path}" if improved else f" | best mA {best:.2f}"))
+                    dt = time.time() - t0
+                    t_eval += dt
+                    # with a validation split, the best model so far is the selected one; without, the last (choosing
+                    # on test would flatter it)
+                    selected = m["mA"] > state["best_mA"] or eval_split == "test"
+                    if eval_split == "val":
+                        state["best_mA"] = max(state["best_mA"], m["mA"])
+                    state.update(selected=step if selected else state["selected"], eval_s=state["eval_s"] + dt)
+                    # The order makes a kill between two writes harmless: the log row, then last.pt, which records the
+                    # evaluation (a resume from an earlier last.pt drops the row and evaluates again), then ckpt.pt,
+                    # which a resume writes again from last.pt when last.pt says this step was selected.
                     csv_log.write(kind="eval", step=step, epoch=step / iters_per_epoch, split=eval_split, **m)
+                    saved = checkpoint(m)
+                    save(saved, last_path)
+                    if selected:
+                        save({k: v for k, v in saved.items() if k not in ("optimizer", "rng")}, best_path)
+                    note = (f"best, saved {best_path}" if eval_split == "val" else f"the last model, saved {best_path}") \
+                        if selected else f"best mA {state['best_mA']:.2f}"
+                    log(f"eval step {step} epoch {step / iters_per_epoch:.2f}: {eval_split} {format_metrics(m)} | {note}")
                 if ddp:
                     dist.barrier()
             if finished:
@@ -317,11 +334,12 @@ def main(argv):
             norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
             if not torch.isfinite(norm):  # DDP all-reduced the gradients: every process has this norm and stops here
                 kept = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else "no checkpoint was saved yet"
-                raise FloatingPointError(f"loss became {loss.item()} (gradient norm {norm.item()}) at step {step}; "
-                                         f"stopped, {kept}")
+                raise UserError(f"loss became {loss.item()} (gradient norm {norm.item()}) at step {step}; "
+                                f"stopped, {kept}")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            state["step"] = step
 
             if step % cfg.log_interval == 0:
                 dt, t_log = time.time() - t_log, time.time()
@@ -335,19 +353,23 @@ def main(argv):
                     csv_log.write(kind="train", step=step, epoch=step / iters_per_epoch, loss=loss.item(), lr=clip_lr,
                                   head_lr=head_lr, img_per_s=rate)
 
-    m = None
-    if master:
-        # the test split, once, with the selected model: the best on validation, or the last where there is none
-        ckpt = load_checkpoint(best_path)
-        raw_model.load_state_dict(ckpt["model"])
-        t0 = time.time()
-        selected = f"{'best on val, step' if eval_split == 'val' else 'last step'} {ckpt['step']}"
-        m = evaluate(raw_model, data, "test", eval_batches("test"), cfg.out_dir, dict(checkpoint=best_path,
-                     step=ckpt["step"], dataset=cfg.dataset), device, ctx, cfg.beam_size, log=log, title=selected)
-        t_test = time.time() - t0
-        csv_log.write(kind="test", step=ckpt["step"], epoch=ckpt["step"] / iters_per_epoch, split="test", **m)
-        t_train = time.time() - t_session - t_eval - t_test
-        log(f"time: {t_train:.1f} s training, {t_eval:.1f} s evaluating on {eval_split}, {t_test:.1f} s on test")
+        m = None
+        if master:
+            # the test split, once, with the selected model. A stop signal now ends the run at once: last.pt holds the
+            # trained state, and --resume=True runs the test again. The test row of log.csv is the last thing the run
+            # writes: it marks the run finished.
+            interrupt.at_once = f"during the final test; {last_path} holds the trained state: --resume=True tests it"
+            ckpt = load_checkpoint(best_path)
+            raw_model.load_state_dict(ckpt["model"])
+            t0 = time.time()
+            title = f"{'best on val, step' if eval_split == 'val' else 'last step'} {ckpt['step']}"
+            m = evaluate(raw_model, data, "test", eval_batches("test"), cfg.out_dir,
+                         dict(checkpoint=best_path, step=ckpt["step"], dataset=cfg.dataset, train_s=state["train_s"],
+                              eval_s=state["eval_s"]), device, ctx, cfg.beam_size, log=log, title=title)
+            t_test = time.time() - t0
+            csv_log.write(kind="test", step=ckpt["step"], epoch=ckpt["step"] / iters_per_epoch, split="test", **m)
+            log(f"time: {state['train_s']:.1f} s training" + (f" ({train_s0:.1f} s of it before --resume=True)" if
+                cfg.resume else "") + f", {state['eval_s']:.1f} s evaluating on {eval_split}, {t_test:.1f} s on test")
     if ddp:
         dist.destroy_process_group()
     return m

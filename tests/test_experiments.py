@@ -1,7 +1,9 @@
 """experiments.py: the corruptions change exactly what they say and never the test split; --quick=True writes every
 file it promises, and a second run re-runs nothing."""
 import csv
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -91,3 +93,24 @@ def test_experiments_refuse_bad_options():
     r = run_script("experiments.py", "--only=heads,nope")
     assert r.returncode == 1 and r.stderr.strip() == (
         "error: --only=heads,nope: unknown experiment 'nope'; expected some of heads,noise,imbalance,depth,beam,order")
+
+
+def test_a_run_that_finished_but_was_not_recorded_is_recorded_from_its_files(trained_run, synth_root, tmp_path,
+                                                                             monkeypatch):
+    # stopped while a finished run was still alive (its test written, its exit not seen): the next start records it
+    # from its own files and trains nothing
+    cfg = experiments.ExperimentsConfig(out_dir=str(tmp_path), root=synth_root)
+    run = experiments.Run("heads/weighted/sequencepar/s0", "heads", "weighted", "sequencepar", 0, 16, synth_root)
+    shutil.copytree(trained_run[0], experiments.run_dir(cfg, run.key))
+    monkeypatch.setattr(experiments.subprocess, "Popen", lambda *a, **k: pytest.fail("a finished run was started again"))
+    base = data.load_dataset("synth", synth_root)
+    results = str(tmp_path / "results.csv")
+    assert experiments.execute(cfg, [run], results, base, log=lambda *a: None) == []
+    row = experiments.read_results(results)[run.key]
+    m = json.loads(open(os.path.join(trained_run[0], "metrics_test.json")).read())
+    assert row["mA"] == f"{m['overall']['mA']:.2f}" and float(row["train_s"]) == pytest.approx(m["train_s"], abs=0.05)
+    # a run of fewer steps than the plan's is not the planned run: it is trained again
+    longer = experiments.Run("heads/weighted/linear/s0", "heads", "weighted", "linear", 0, 24, synth_root)
+    shutil.copytree(trained_run[0], experiments.run_dir(cfg, longer.key))
+    with pytest.raises(pytest.fail.Exception, match="started again"):
+        experiments.execute(cfg, [longer], results, base, log=lambda *a: None)

@@ -135,7 +135,8 @@ def test_sigterm_saves_and_the_resume_continues_at_the_next_batch(synth_root, ti
     finally:
         p.kill()
     log = open(tmp_path / "log2.txt").read()
-    assert f"resumed from {out}/last.pt at step {step} (not evaluated yet)" in log
+    assert re.search(rf"^resumed from {re.escape(str(out))}/last.pt at step {step} \(not evaluated yet, [\d.]+ s of "
+                     r"training\)$", log, re.M), log
     assert re.findall(r"^step (\d+)/1280", log, re.M)[0] == str(step + 1)
 
 
@@ -149,8 +150,8 @@ def interrupted_run(synth_root, tiny_clip_file, out, step, *extra):
     model = train.build_model(cfg, data)
     optimizer, _ = train.configure_optimizer(model, cfg)
     out.mkdir()
-    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, best_mA=-1.0, elapsed=0.0,
-                    metrics=None, config=vars(cfg), clip_config=vars(model.clip.config),
+    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, best_mA=-1.0, selected=-1,
+                    train_s=0.0, eval_s=0.0, rng=torch.get_rng_state(), metrics=None, config=vars(cfg), clip_config=vars(model.clip.config),
                     decoder_config=vars(model.config), attr_names=data.attr_names, prompts=data.prompts,
                     dataset="synth"), out / "last.pt")
     return args
@@ -161,7 +162,7 @@ def test_a_run_stopped_at_its_last_step_before_any_evaluation_finishes(synth_roo
     args = interrupted_run(synth_root, tiny_clip_file, out, 8, "--epochs=1")
     m = train.main(args + ["--resume=True"])
     log = capsys.readouterr().out
-    assert "at step 8 (not evaluated yet)" in log and "eval step 8 " in log and set(m) >= {"mA", "F1"}
+    assert "at step 8 (not evaluated yet, 0.0 s of training)" in log and "eval step 8 " in log and set(m) >= {"mA", "F1"}
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 8 and (out / "metrics_test.json").exists()
     # resumed again, the finished run says so and tests nothing
     assert train.main(args + ["--resume=True"]) is None
@@ -225,3 +226,99 @@ def test_log_csv_after_a_run_and_a_resume(trained_run, synth_root, tiny_clip_fil
     assert rows[:19] == [(r["kind"], r["step"]) for r in log_records(os.path.join(out, "log.csv"))]  # the whole history
     best = str(torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"])
     assert rows[19:] == [("train", str(s)) for s in range(17, 25)] + [("eval", "24"), ("test", best)]
+
+
+class Killed(BaseException):
+    """What a SIGKILL right after a write would do to train.main: end it there, with nothing else written."""
+
+
+REPORTED = {"last.pt", "ckpt.pt", "similarity.png", "similarity.csv", "failures_test.png", "predictions_test.csv",
+            "metrics_test.json"}
+
+
+def kill_after(monkeypatch, nth, writes):
+    """Hooks every write of an evaluation and of the final report (the saves of last.pt and ckpt.pt, the report files,
+    the eval and test rows of log.csv): each is appended to `writes`, and the nth (1-based) ends the run right after."""
+    import checkpoint
+    import run
+
+    def done(name):
+        writes.append(name)
+        if len(writes) == nth:
+            raise Killed(name)
+
+    def save_atomic(path, write, tmp=None):
+        checkpoint.save_atomic(path, write, tmp)
+        if os.path.basename(path) in REPORTED:
+            done(os.path.basename(path))
+
+    row = run.CSVLog.write
+
+    def write_row(self, **fields):
+        row(self, **fields)
+        if fields["kind"] in ("eval", "test"):
+            done(f"log.csv {fields['kind']} {fields['step']}")
+    for module in (train, evaluate, run):
+        monkeypatch.setattr(module, "save_atomic", save_atomic)
+    monkeypatch.setattr(run.CSVLog, "write", write_row)
+
+
+def test_a_kill_after_any_write_of_an_evaluation_or_the_report_changes_nothing_the_run_reports(
+        synth_root, tiny_clip_file, tmp_path, monkeypatch, capsys):
+    # the run left alone, its writes counted: two evaluations (val at steps 8 and 16) and the test
+    writes = []
+    kill_after(monkeypatch, 0, writes)
+    reference = tmp_path / "reference"
+    train.main(tiny_args(synth_root, tiny_clip_file, reference))
+    expected = json.loads((reference / "metrics_test.json").read_text())
+    evals = [r for r in log_rows(reference / "log.csv") if r[0] != "train"]
+    assert writes[:2] == ["log.csv eval 8", "last.pt"] and writes[-1] == f"log.csv test {expected['step']}"
+    assert len(writes) >= 10, writes
+    for nth in range(1, len(writes) + 1):
+        out, killed = tmp_path / f"killed-{nth}", []
+        kill_after(monkeypatch, nth, killed)
+        args = tiny_args(synth_root, tiny_clip_file, out)
+        with pytest.raises(Killed):
+            train.main(args)
+        kill_after(monkeypatch, 0, [])
+        # the resume, as a user would: with --resume=True where the run saved last.pt, else afresh
+        train.main(args + (["--resume=True"] if (out / "last.pt").exists() else []))
+        got = json.loads((out / "metrics_test.json").read_text())
+        assert (got["step"], got["overall"]) == (expected["step"], expected["overall"]), (nth, killed[-1])
+        assert [r for r in log_rows(out / "log.csv") if r[0] != "train"] == evals, (nth, killed[-1])
+        assert REPORTED <= set(os.listdir(out)), (nth, killed[-1])
+        # and a further resume finds the run finished
+        assert train.main(args + ["--resume=True"]) is None
+    capsys.readouterr()
+
+
+def test_the_time_line_of_a_resumed_run_adds_the_training_time_of_every_start(synth_root, tiny_clip_file, tmp_path,
+                                                                              monkeypatch, capsys):
+    out = tmp_path / "out"
+    args = tiny_args(synth_root, tiny_clip_file, out)
+    kill_after(monkeypatch, 2, [])  # right after last.pt at the first evaluation (step 8)
+    with pytest.raises(Killed):
+        train.main(args)
+    before = torch.load(out / "last.pt", weights_only=True)["train_s"]
+    assert before > 0
+    kill_after(monkeypatch, 0, [])
+    capsys.readouterr()
+    train.main(args + ["--resume=True"])
+    line = re.search(r"^time: ([\d.]+) s training \(([\d.]+) s of it before --resume=True\), ([\d.]+) s evaluating on "
+                     r"val, [\d.]+ s on test$", capsys.readouterr().out, re.M)
+    assert line and float(line[2]) == round(before, 1) and float(line[1]) > float(line[2]), line
+    assert float(line[1]) == pytest.approx(torch.load(out / "last.pt", weights_only=True)["train_s"], abs=0.05)
+
+
+def test_a_folder_whose_file_system_cannot_lock_is_one_line(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    import run
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'nfs'))}: its file system does not support file "
+                                         r"locks \(ENOLCK\), so no run can hold it; choose an --out_dir on a local disk$"):
+        run.hold_folder(str(tmp_path / "nfs"))
