@@ -3,9 +3,14 @@ SequencePAR: pedestrian attributes generated as a sequence (arXiv 2312.01640).
 
 CLIP turns the image into L tokens and each attribute's prompt into one vector; a GPT-style decoder reads
 `<bos>`, then the positive attributes so far, attends to the image tokens, and predicts the next attribute or
-`<eos>`. Training is teacher forcing; inference decodes greedily or with beam search: `generate_simple` is the
-definition of greedy decoding, `generate` the same with a KV cache, and beam search. At the end, `LinearHead`: the
-multi-label classifier SequencePAR replaces, with the same interface, the baseline of our experiments.
+`<eos>`. Training is teacher forcing. One model, two decoding rules:
+- the paper's greedy rule (and beam search) asks "which attribute comes next?" and appends the most probable next id;
+- the chain rule asks, in column order, "does this person have attribute m?": after prefix s (ending at attribute i
+  or `<bos>`) with i+1 .. m-1 decided absent, P(y_m = 1) = p(m | s) / (p(<eos> | s) + sum_{k >= m} p(k | s)),
+  appending m when it is above a threshold. It scores every attribute, at the same cost in decoder steps.
+`generate_simple` and `generate_chain_simple` are the definitions, `generate` the same with a KV cache, and beam
+search. At the end, `LinearHead`: the multi-label classifier SequencePAR replaces, with the same interface, the
+baseline of our experiments.
 
 Shapes: B batch, T attribute positions, L image tokens, D width (CLIP's embed dim), nh heads, hs head size,
 A attributes, V = A + 3 vocabulary (`<bos>`, `<eos>`, `<pad>`, then attribute i as id 3 + i).
@@ -238,8 +243,19 @@ class SequencePAR(nn.Module):
                                ignore_index=PAD)
         return logits, loss
 
-    # Decoding (section 3.3), taught in two steps: generate_simple is the definition, generate the fast version.
-    # Both obey one rule, `allowed`: every output is a valid label set, each attribute at most once, in id order.
+    # Decoding (section 3.3), taught in two steps: the *_simple methods are the definitions, generate the fast version.
+    # All obey one rule, `allowed`: every output is a valid label set, each attribute at most once, in id order.
+    # The model gives p(next id | prefix); two rules read a label set out of it.
+    # - greedy (the paper's): append the most probable next id, "which attribute comes next?", until <eos>.
+    # - chain (this project's, not the paper's): for m = 0 .. A-1, "does this person have attribute m?". With the
+    #   prefix s ending at attribute i (or <bos>) and i+1 .. m-1 decided absent, the sets still possible are those
+    #   whose next id is m, a later attribute or <eos>:
+    #       P(y_m = 1 | x, y_<m) = p(m | s) / (p(<eos> | s) + sum_{k >= m} p(k | s))
+    #   Above the threshold, m is appended (one decoder step); otherwise m+1 is asked of the same p.
+    # They part ways when the model is unsure. If attribute k holds with probability q_k, the next positive is m, d
+    # attributes after i, with probability about q_m (1 - q_{i+1}) ... (1 - q_{m-1}), a product of d - 1 factors, and
+    # <eos> with the product over every attribute left. So greedy takes a weak early attribute over <eos>, and over a
+    # sure late one (0.3 next beats 0.9 behind four attributes of 0.3 each); the chain rule judges each on its own.
 
     def allowed(self, prev):
         # prev (B,): the last id of each sequence. After <bos> or attribute i comes <eos> or an attribute after i;
@@ -268,24 +284,87 @@ class SequencePAR(nn.Module):
         return targets_to_labels(seq, A), probs[:, N_SPECIAL:]
 
     @torch.no_grad()
-    def generate(self, images, beam_size=1):
-        """Decode the attributes of a batch of images. Returns pred (B, A) in {0, 1} and scores (B, A): the
-        probability the model gave each emitted attribute when it emitted it (0 where not emitted).
+    def generate_chain_simple(self, images, threshold=0.5, unweight=False):
+        """The chain rule by its definition: one image at a time, for each attribute m in column order, feed the
+        whole prefix, compute P(y_m = 1 | x, y_<m) from the next-id distribution, and append m when it is above the
+        threshold. unweight=True divides p by the loss weights first (see generate). Returns what
+        generate(images, rule="chain") does, slower: pred (B, A) and every attribute's probability (B, A)."""
+        B, A = images.shape[0], self.n_attr
+        table = self.token_table()
+        weight = self.loss_weight if unweight else torch.ones_like(self.loss_weight)
+        scores = torch.zeros(B, A, device=images.device)
+        for b in range(B):
+            kvs, seq = self.memory_kv(images[b:b + 1]), [BOS]
+            for m in range(A):
+                logits = self.decode(torch.tensor([seq], device=images.device), kvs, table)[0, -1]  # (V,)
+                p = logits.float().softmax(-1) / weight
+                scores[b, m] = p[N_SPECIAL + m] / (p[EOS] + p[N_SPECIAL + m:].sum())
+                if scores[b, m] > threshold:
+                    seq.append(N_SPECIAL + m)
+        return (scores > threshold).to(torch.uint8), scores
 
-        Every hypothesis emits each attribute at most once and in increasing id order, never <bos> or <pad>,
-        and ends at <eos>. Beam search keeps the beam_size hypotheses of highest summed log-probability;
-        beam_size=1 is greedy decoding, the same as generate_simple. Each step feeds only the newest id: the
-        image tokens' keys and values are computed once, and the self-attention keys and values of earlier
-        positions are kept in a cache."""
+    @torch.no_grad()
+    def generate(self, images, beam_size=1, rule="greedy", threshold=0.5, unweight=False):
+        """Decode the attributes of a batch of images. Returns pred (B, A) in {0, 1} and scores (B, A).
+
+        rule="greedy": the paper's decoding. Every hypothesis emits each attribute at most once and in increasing id
+        order, never <bos> or <pad>, and ends at <eos>. Beam search keeps the beam_size hypotheses of highest summed
+        log-probability, without length normalisation (as the official code does): a longer set pays for every
+        attribute it adds. beam_size=1 is greedy decoding, the same as generate_simple. scores: the probability the
+        model gave each emitted attribute when it emitted it (0 where not emitted).
+
+        rule="chain" (threshold and unweight are its options): for each attribute in column order, P(y_m = 1 |
+        x, y_<m) from the next-id distribution (see `allowed`); m is present when that is above threshold (strictly).
+        scores: that probability for every attribute; pred = scores > threshold. The same as generate_chain_simple,
+        in at most one decoder step per emitted attribute plus one. unweight=True first divides the next-id
+        probabilities by the loss weights and renormalises: the weighted NLL's optimum is p_k proportional to
+        w_k q_k, and this recovers q.
+
+        Each step feeds only the newest id: the image tokens' keys and values are computed once, and the
+        self-attention keys and values of earlier positions are kept in a cache."""
+        if rule not in ("greedy", "chain"):
+            raise ValueError(f"rule={rule!r}: expected 'greedy' or 'chain'")
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold={threshold}: expected a probability in [0, 1]")
+        if beam_size < 1:
+            raise ValueError(f"beam_size={beam_size}: expected a positive number of hypotheses")
+        if rule == "chain" and beam_size != 1:
+            raise ValueError(f"beam_size={beam_size}: the chain rule decides each attribute once, it has no beam")
+        if rule == "greedy" and unweight:
+            raise ValueError("unweight=True: only the chain rule reads the probabilities back without the weights")
         B, K, A = images.shape[0], beam_size, self.n_attr
         table = self.token_table()
         kvs = [tuple(t.repeat_interleave(K, dim=0) for t in kv) for kv in self.memory_kv(images)]  # (B*K, nh, L, hs)
         k = kvs[0][0]
         shape = (B * K, k.shape[1], A + 1, k.shape[3])  # a slot for each input position: <bos> and A attributes
         cache = [dict(k=k.new_zeros(shape), v=k.new_zeros(shape)) for _ in kvs]
+        if rule == "chain":
+            # m0 (B,): each image's next undecided attribute; A or more once all are decided. One step's p serves
+            # every attribute up to the next one emitted: those are decided against the same prefix.
+            ids = torch.arange(A, device=images.device)
+            m0 = torch.zeros(B, dtype=torch.long, device=images.device)
+            nxt = torch.full((B,), BOS, dtype=torch.long, device=images.device)
+            scores = torch.zeros(B, A, device=images.device)
+            for t in range(A):  # each step decides at least one attribute
+                logits = self.decode(nxt[:, None], kvs, table, cache, start=t)[:, -1].float()  # (B, V)
+                # In log space, from the logits: the ratio ignores any normalisation, so we need no softmax, and no
+                # probability underflows however far apart the logits are. Dividing by w is subtracting log w.
+                if unweight:
+                    logits = logits - self.loss_weight.log()
+                tail = logits[:, N_SPECIAL:].flip(1).logcumsumexp(1).flip(1)  # (B, A): log sum_{k >= m} p(k | s)
+                q = (logits[:, N_SPECIAL:] - torch.logaddexp(logits[:, EOS, None], tail)).exp()  # (B, A)
+                undecided = ids >= m0[:, None]  # (B, A)
+                first = torch.where(undecided & (q > threshold), ids, A).min(1).values  # (B,): A where none is above
+                decided = undecided & (ids <= first[:, None])  # (B, A): m0 .. first; all absent but first, if emitted
+                scores = torch.where(decided, q, scores)
+                m0 = first + 1
+                nxt = torch.where(first < A, first + N_SPECIAL, PAD)  # the emitted attribute, or <pad> if none
+                if (m0 >= A).all():
+                    break
+            return (scores > threshold).to(torch.uint8), scores
         # The B*K hypotheses, image b's in rows b*K .. b*K + K - 1: their ids, the log-probability of each id when
-        # emitted, and their sum, the score. Only one hypothesis per image is live at first, so that the first step
-        # does not pick K copies of the same id.
+        # emitted, and their sum, the score, not divided by the length: each attribute added costs its log-probability.
+        # Only one hypothesis per image is live at first, so that the first step does not pick K copies of the same id.
         seq = torch.full((B * K, 1), BOS, dtype=torch.long, device=images.device)  # (B*K, T)
         seq_logp = torch.zeros(B * K, 1, device=images.device)  # (B*K, T)
         beam_logp = torch.where(torch.arange(B * K, device=images.device) % K == 0, 0.0, float("-inf"))  # (B*K,)

@@ -46,6 +46,9 @@ def test_prints_every_figure(dtype, capsys):
     assert re.search(rf"^image encoder alone{rate}\s+[0-9.e+-]+ TFLOP/s", out, re.M)
     assert re.search(r"^-- worst case: emits all 35 attributes: 35.0 attributes per image$", out, re.M)
     assert len(re.findall(rf"^generate, (greedy|beam 3){rate}\s+decoding adds", out, re.M)) == 4
+    chain = re.findall(rf"^generate, chain rule{rate}\s+[+-]\d+% over greedy; threshold (\S+): (\d+\.\d) "
+                       rf"attributes per image$", out, re.M)
+    assert [c[0] for c in chain] == ["0.5", "0.0"] and chain[1][1] == "35.0"  # threshold 0 emits every attribute
     compared = [bool(re.search(r, out, re.M)) for r in (r"^greedy, no KV cache", r"^greedy, official-style")]
     assert compared == [dtype == "fp32"] * 2 and ("-- the uncached loops: skipped" in out) == (dtype == "bf16")
     assert re.search(rf"^training step \(fwd, bwd, AdamW\){rate}", out, re.M)
