@@ -415,8 +415,8 @@ class LinearHead(nn.Module):
         return logits, loss.sum(1).mean()  # summed over attributes, averaged over images, as Rethinking-of-PAR does
 
     @torch.no_grad()
-    def generate(self, images, beam_size=1):
-        """pred (B, A) in {0, 1}: sigmoid above 0.5; scores (B, A): every attribute's probability. There is no
-        sequence to search, so beam_size changes nothing."""
+    def generate(self, images, beam_size=1, rule="greedy", threshold=0.5, unweight=False):
+        """pred (B, A) in {0, 1}: sigmoid above threshold; scores (B, A): every attribute's probability. There is no
+        sequence to search or to read by the chain rule, so beam_size, rule and unweight change nothing."""
         probs = self.fc(self.clip.encode_image(images)).float().sigmoid()
-        return (probs > 0.5).to(torch.uint8), probs
+        return (probs > threshold).to(torch.uint8), probs

@@ -2,10 +2,13 @@
 Score a checkpoint of train.py on a split of its dataset.
 
     python evaluate.py --ckpt=out/ckpt.pt                 # the test split of the dataset it was trained on
-    python evaluate.py --ckpt=out/ckpt.pt --split=val --beam_size=3
+    python evaluate.py --ckpt=out/ckpt.pt --split=val --rule=greedy --beam_size=3
+    python evaluate.py --ckpt=out/ckpt.pt --rule=chain --threshold=0.3
 
-Prints the standard PAR metrics, the predicted and true attributes per image, and a table per attribute, and writes beside the
-checkpoint (or in --out_dir) what a paper table or an analysis starts from: metrics_<split>.json, every prediction in
+Decodes as the checkpoint's training run did unless told otherwise (--rule, --threshold, --unweight, --beam_size).
+Prints the standard PAR metrics (and mAP where the scores cover every attribute: the chain rule, the linear head),
+the predicted and true attributes per image, and a table per attribute, and writes beside the checkpoint (or in
+--out_dir) what a paper table or an analysis starts from: metrics_<split>.json, every prediction and its score in
 predictions_<split>.csv, the attribute tokens' similarity matrix as similarity.png and similarity.csv (SequencePAR's;
 the linear head has no attribute tokens) and the images it gets most wrong in failures_<split>.png. Every training
 run ends with the same `evaluate` on its test split.
@@ -54,15 +57,64 @@ def format_metrics(m):
     return " | ".join(f"{k} {v:.2f}" for k, v in m.items())
 
 
+def average_precision(gt, scores):
+    """Per attribute j of gt (N, A) in {0, 1} and scores (N, A), in percent: the area under its precision-recall curve,
+    sum over the distinct scores t, from the highest, of (recall at t - recall at the previous t) x precision at t
+    (images scoring t or more are predicted positive; ties enter together). NaN for an attribute without positives."""
+    gt, scores = np.asarray(gt).astype(bool), np.asarray(scores, dtype=np.float64)
+    ap = []
+    for g, s in zip(gt.T, scores.T):
+        order = np.argsort(-s, kind="stable")
+        g, s = g[order], s[order]
+        last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last image of each run of equal scores
+        tp = np.cumsum(g)[last]
+        precision, recall = tp / (last + 1), tp / max(1, g.sum())
+        ap.append(100 * float(np.sum(np.diff(np.r_[0, recall]) * precision)) if g.any() else float("nan"))
+    return ap
+
+
+def mean_ap(ap):
+    # mAP: the mean AP of the attributes that have positives
+    known = [a for a in ap if not np.isnan(a)]
+    return float(np.mean(known)) if known else float("nan")
+
+
+DECODING = ("beam_size", "rule", "threshold", "unweight")  # the options of every script that decides how to decode
+
+
+def decoding_options(cfg):
+    """The keyword arguments of generate that a script's config chooses (beam_size, rule, threshold, unweight),
+    checked: one-line errors for values that cannot work."""
+    rules = ("chain", "greedy")
+    if cfg.rule not in rules:
+        raise UserError(f"--rule={cfg.rule}: expected chain (each attribute's probability, by the chain rule) or "
+                        f"greedy (the paper's: the most probable next attribute)")
+    if not 0 <= cfg.threshold <= 1:
+        raise UserError(f"--threshold={cfg.threshold}: expected a probability from 0 to 1")
+    if cfg.beam_size < 1 or (cfg.beam_size > 1 and cfg.rule == "chain"):
+        raise UserError(f"--beam_size={cfg.beam_size}: expected 1 or more, and 1 with --rule=chain (it has no beam)")
+    if cfg.unweight and cfg.rule != "chain":
+        raise UserError("--unweight=True reads the chain rule's probabilities without the loss weights: it needs "
+                        "--rule=chain")
+    return dict(beam_size=cfg.beam_size, rule=cfg.rule, threshold=cfg.threshold, unweight=cfg.unweight)
+
+
+def scores_every_attribute(model, decoding):
+    # the linear head scores every attribute, and so does SequencePAR under the chain rule; greedy decoding gives a
+    # score only to what it emits
+    return not isinstance(model, SequencePAR) or decoding["rule"] == "chain"
+
+
 @torch.no_grad()
-def predict(model, batches, device, ctx, beam_size):
-    """Decodes every batch of (images, labels): returns pred (N, A) uint8, scores (N, A) and gt (N, A) as numpy."""
+def predict(model, batches, device, ctx, decoding):
+    """Decodes every batch of (images, labels) with generate(**decoding): returns pred (N, A) uint8, scores (N, A)
+    and gt (N, A) as numpy."""
     was_training = model.training
     model.eval()
     preds, scores, gts = [], [], []
     for images, labels in batches:
         with ctx:
-            pred, score = model.generate(images.to(device, non_blocking=True), beam_size=beam_size)
+            pred, score = model.generate(images.to(device, non_blocking=True), **decoding)
         preds.append(pred.cpu())
         scores.append(score.float().cpu())
         gts.append(labels.cpu())
@@ -98,18 +150,22 @@ def one_sided(names, gt):
                 without_negatives=[n for n, k in zip(names, gt.sum(0)) if k == len(gt)])
 
 
-def report(names, gt, pred):
-    """The overall metrics, the set sizes and the per-attribute table, as Markdown that also reads aligned; an
-    attribute without positives (or negatives) here is named under the metrics and marked * in the table."""
+def report(names, gt, pred, ap=None):
+    """The overall metrics (with mAP, given each attribute's AP), the set sizes and the per-attribute table, as
+    Markdown that also reads aligned; an attribute without positives (or negatives) here is named under the metrics
+    and marked * in the table."""
     m, s, capped = metrics(gt, pred), set_sizes(gt, pred), one_sided(names, gt)
+    if ap is not None:
+        m["mAP"] = mean_ap(ap)
     notes = [f"note: mA averages in attributes {k.replace('_', ' ')} here (their mA is at most 50; marked *): "
              + ", ".join(v) for k, v in capped.items() if v]
     marked = set(sum(capped.values(), []))
     width = max(len("attribute"), *(len(n) + 2 * (n in marked) for n in names))
-    head = ["rate", "mA", "recall", "neg_recall", "precision", "F1"]
+    head = ["rate", "mA", "recall", "neg_recall", "precision", "F1"] + (["AP"] if ap is not None else [])
     lines = [f"| {'attribute':<{width}} | " + " | ".join(f"{h:>10}" for h in head) + " |",
              f"|{'-' * (width + 2)}|" + "|".join("-" * 11 + ":" for _ in head) + "|"]
-    for name, row in zip(names, attribute_metrics(gt, pred)):
+    for j, (name, row) in enumerate(zip(names, attribute_metrics(gt, pred))):
+        row = {**row, "AP": ap[j]} if ap is not None else row
         name = name + " *" if name in marked else name
         lines.append(f"| {name:<{width}} | " + " | ".join(f"{row[h]:>10.2f}" for h in head) + " |")
     return "\n".join([format_metrics(m), f"attributes per image: {s['predicted']:.2f} predicted, {s['true']:.2f} true",
@@ -117,9 +173,9 @@ def report(names, gt, pred):
 
 
 def predictions_csv(paths, names, pred, scores, gt):
-    """One row per image: its path, then for every attribute the 0/1 prediction and its probability (SequencePAR: the
-    probability it had when emitted, 0 if it was not; the linear head: every attribute's sigmoid), then the ground
-    truth."""
+    """One row per image: its path, then for every attribute the 0/1 prediction and its probability (the linear head:
+    its sigmoid; SequencePAR: by the chain rule, every attribute's probability; by greedy decoding, the probability an
+    attribute had when emitted, 0 if it was not), then the ground truth."""
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(["image"] + [f"{k}:{n}" for n in names for k in ("pred", "prob")] + [f"gt:{n}" for n in names])
@@ -193,6 +249,15 @@ def failures_figure(images, names, gt, pred, scores, height=160, per_row=4):
 # the files of an evaluation
 
 
+def describe(model, decoding):
+    # how the predictions were decided, in a few words
+    if not isinstance(model, SequencePAR):
+        return f"sigmoids above {decoding['threshold']:g}"
+    if decoding["rule"] == "greedy":
+        return "greedy decoding" if decoding["beam_size"] == 1 else f"beam search {decoding['beam_size']}"
+    return f"chain rule, threshold {decoding['threshold']:g}" + (", unweighted" if decoding["unweight"] else "")
+
+
 def git_commit():
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
@@ -209,15 +274,17 @@ def save_picture(img, path):
     save_atomic(path, lambda f: img.save(f, format="PNG"))
 
 
-def evaluate(model, data, split, batches, out_dir, source, device="cpu", ctx=nullcontext(), beam_size=1, pictures=16,
+def evaluate(model, data, split, batches, out_dir, source, decoding, device="cpu", ctx=nullcontext(), pictures=16,
              log=print, title=None):
-    """Decodes a split's batches, prints the report (under `title`, by default the checkpoint and its step) and writes
-    the files of an evaluation into out_dir, each one atomically; `source` (the checkpoint, its step, the dataset's
-    name) goes into metrics_<split>.json. Returns the overall metrics."""
-    pred, scores, gt = predict(model, batches, device, ctx, beam_size)
+    """Decodes a split's batches with generate(**decoding), prints the report (under `title`, by default the checkpoint
+    and its step) and writes the files of an evaluation into out_dir, each one atomically; `source` (the checkpoint,
+    its step, the dataset's name) goes into metrics_<split>.json. Returns the overall metrics, with mAP where the
+    scores cover every attribute."""
+    pred, scores, gt = predict(model, batches, device, ctx, decoding)
     indices, names = data.splits[split], data.attr_names
+    ap = average_precision(gt, scores) if scores_every_attribute(model, decoding) else None
     title = title or f"{source['checkpoint']}, step {source['step']}"
-    log(f"{split} ({title}, {len(indices)} images): " + report(names, gt, pred))
+    log(f"{split} ({title}, {len(indices)} images, {describe(model, decoding)}): " + report(names, gt, pred, ap))
     written = [f"metrics_{split}.json", f"predictions_{split}.csv"]
     if isinstance(model, SequencePAR):  # its attribute tokens; the linear head has none
         with torch.no_grad():
@@ -232,9 +299,12 @@ def evaluate(model, data, split, batches, out_dir, source, device="cpu", ctx=nul
                                   scores)
         save_picture(gallery, os.path.join(out_dir, f"failures_{split}.png"))
         written.append(f"failures_{split}.png")
-    result = dict(**source, split=split, beam_size=beam_size, images=len(indices), commit=git_commit(),
-                  overall=metrics(gt, pred), set_size=set_sizes(gt, pred),
-                  attributes=dict(zip(names, attribute_metrics(gt, pred))), **one_sided(names, gt),
+    overall, per_attribute = metrics(gt, pred), attribute_metrics(gt, pred)
+    if ap is not None:
+        overall["mAP"] = mean_ap(ap)
+        per_attribute = [{**row, "AP": a} for row, a in zip(per_attribute, ap)]
+    result = dict(**source, split=split, **decoding, images=len(indices), commit=git_commit(), overall=overall,
+                  set_size=set_sizes(gt, pred), attributes=dict(zip(names, per_attribute)), **one_sided(names, gt),
                   failures=[dict(image=data.image_paths[indices[i]], errors=e) for i, e in zip(worst, errors)])
     # the metrics last: whoever finds them finds the predictions they were computed from
     save_text(os.path.join(out_dir, f"predictions_{split}.csv"),
@@ -258,7 +328,11 @@ class EvalConfig:
     pkl: str = ""
     images: str = ""
     partition: int = 0
-    beam_size: int = 1            # 1: greedy decoding
+    # the decoding: by default as the checkpoint's training run decoded (train.py's options of the same names)
+    rule: str = "chain"
+    threshold: float = 0.5
+    unweight: bool = False
+    beam_size: int = 1
     batch_size: int = 64
     workers: int = 4              # DataLoader processes
     pictures: int = 16            # images in the gallery of failures (0: no gallery)
@@ -270,7 +344,6 @@ def main(argv):
     given = cli.parse_overrides(argv, EvalConfig)
     cfg = EvalConfig(**given)
     for name, ok, expected in (("split", cfg.split in ("train", "val", "test"), "train, val or test"),
-                               ("beam_size", cfg.beam_size >= 1, "1 (greedy) or more"),
                                ("batch_size", cfg.batch_size >= 1, "1 or more"), ("workers", cfg.workers >= 0, "0 or more"),
                                ("pictures", cfg.pictures >= 0, "0 or more"), ("partition", cfg.partition >= 0, "0 or more")):
         if not ok:
@@ -280,6 +353,9 @@ def main(argv):
     device = cli.resolve_device(cfg.device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     ckpt = load_checkpoint(cfg.ckpt)
+    # the decoding given here, else the one the checkpoint's training run used
+    decoding = decoding_options(EvalConfig(**{k: given[k] if k in given else ckpt["config"].get(k, getattr(cfg, k))
+                                              for k in DECODING}))
     source = {k: ckpt["config"][k] for k in ("dataset", "root", "pkl", "images", "partition")}
     if "dataset" in given:  # another dataset: what is not given is its default
         source = {k: getattr(EvalConfig, k) for k in source}
@@ -294,11 +370,11 @@ def main(argv):
     check_images([data.image_paths[i] for i in data.splits[cfg.split]])
     model = model_from_checkpoint(ckpt, cfg.ckpt).to(device)
     print(f"scoring {cfg.ckpt} (step {ckpt['step']}) on {dataset['dataset']} {cfg.split}: "
-          f"{len(data.splits[cfg.split])} images, beam size {cfg.beam_size}")
+          f"{len(data.splits[cfg.split])} images, {describe(model, decoding)}")
     batches = torch.utils.data.DataLoader(PARImages(data, data.splits[cfg.split], model.clip.config.image_resolution,
                                                     train=False), cfg.batch_size, num_workers=cfg.workers)
     return evaluate(model, data, cfg.split, batches, out_dir, dict(checkpoint=cfg.ckpt, step=ckpt["step"],
-                    dataset=dataset["dataset"]), device, ctx, cfg.beam_size, cfg.pictures)
+                    dataset=dataset["dataset"]), decoding, device, ctx, cfg.pictures)
 
 
 if __name__ == "__main__":

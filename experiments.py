@@ -217,7 +217,7 @@ def command(cfg, run, base_root):
     out = run_dir(cfg, run.key)
     if run.ckpt:  # beam: decode a trained checkpoint on test
         return [sys.executable, os.path.join(ROOT, "evaluate.py"), f"--ckpt={run.ckpt}", "--beam_size=3",
-                "--dataset=synth", f"--root={base_root}", f"--out_dir={out}", "--split=test", "--pictures=0"], out
+                "--rule=greedy", "--dataset=synth", f"--root={base_root}", f"--out_dir={out}", "--split=test", "--pictures=0"], out
     n_train = train_size(run.root, run.root == base_root)
     if n_train < 64:
         raise UserError(f"{run.root}: {n_train} training images, fewer than a batch of 64")

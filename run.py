@@ -153,8 +153,8 @@ def resume(path, model, optimizer, data, cfg, eval_split, log=print):
 class CSVLog:
     """out_dir/log.csv: a row per logged step and per evaluation, appended as training goes. A fresh run starts it
     anew; a resumed run keeps the rows up to the step it resumes from."""
-    FIELDS = ["kind", "step", "epoch", "loss", "lr", "head_lr", "img_per_s", "split", "mA", "Acc", "Prec", "Rec",
-              "F1", "F1_hm"]
+    FIELDS = ["kind", "step", "epoch", "loss", "lr", "head_lr", "img_per_s", "split", "mA", "Acc", "Prec", "Rec", "F1",
+              "F1_hm", "mAP"]
 
     def __init__(self, path, resume_step=None):
         self.path = path

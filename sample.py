@@ -5,8 +5,9 @@ Predict the attributes of people in photos with a checkpoint of train.py (Sequen
     python sample.py img.jpg --attention=True       # where the decoder looked, per attribute, in out/samples
 
 Without --ckpt it takes out/ckpt.pt (your own run), or else out/demo/ckpt.pt (make demo's), and says which. Prints,
-per image, the attributes the model predicts with the probability it gave each; one bad image is reported and the
-others go on.
+per image, the attributes the model predicts with the probability it gave each, then, where every attribute is
+scored (the chain rule, the linear head), the others with theirs; --json=True adds them as "scores". One bad image is
+reported and the others go on.
 """
 import json
 import os
@@ -21,6 +22,7 @@ import cli
 from cli import MissingFile, UserError
 import clip
 from checkpoint import load_checkpoint, model_from_checkpoint
+from evaluate import DECODING, decoding_options, scores_every_attribute
 from pixels import build_transform, read_image
 from decoder import SequencePAR, labels_to_targets
 
@@ -35,7 +37,11 @@ class SampleConfig:
     attention: bool = False       # also a picture per image of the decoder's cross-attention over the image patches
                                   # for each emitted attribute (in out_dir, out/samples by default)
     layers: str = "last"          # the attention of the last decoder layer, or "all": their mean
-    beam_size: int = 1            # 1: greedy decoding
+    # the decoding: by default as the checkpoint's training run decoded (train.py's options of the same names)
+    rule: str = "chain"
+    threshold: float = 0.5
+    unweight: bool = False
+    beam_size: int = 1
     batch_size: int = 64          # images per call of generate
     workers: int = 2              # DataLoader processes that read the images
     device: str = "auto"          # cuda when there is one
@@ -44,10 +50,10 @@ class SampleConfig:
     RENAMED = dict(out="it is --out_dir now")
 
 
-def load_model(path, device="cpu", compile=False):
-    """A SequencePAR rebuilt from a train.py checkpoint alone, with its attribute names, in eval mode; with
-    compile=True, its image encoder compiled."""
-    ckpt = load_checkpoint(path)
+def load_model(path, device="cpu", compile=False, ckpt=None):
+    """The model of a train.py checkpoint (SequencePAR or the linear head), rebuilt from the checkpoint alone, with its
+    attribute names, in eval mode; with compile=True, its image encoder compiled. ckpt: the checkpoint, if read."""
+    ckpt = ckpt or load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).to(device).eval()
     if compile:
         # The image encoder is where generate spends its time, and its shapes stay the same from batch to batch: we
@@ -152,27 +158,35 @@ def draw_attention(image, maps, names, tile=128):
 
 
 def parse_args(argv):
-    opts, inputs = cli.parse(argv, SampleConfig, positional=True)
+    """The options, the images and folders given, and the options given (of which the decoding overrides the
+    checkpoint's)."""
+    given, inputs = cli.split_args(argv, SampleConfig)
+    opts = SampleConfig(**given)
     if not inputs:
         raise UserError("no images given: python sample.py img.jpg [more images or folders] [--ckpt=out/ckpt.pt]")
-    if opts.batch_size < 1 or opts.beam_size < 1:
-        raise UserError(f"--batch_size={opts.batch_size} --beam_size={opts.beam_size}: expected 1 or more")
+    if opts.batch_size < 1:
+        raise UserError(f"--batch_size={opts.batch_size}: expected 1 or more")
     if opts.layers not in ("last", "all"):
         raise UserError(f"--layers={opts.layers}: expected last or all")
     if opts.attention and not opts.out_dir:
         opts.out_dir = os.path.join("out", "samples")
     if opts.out_dir and os.path.exists(opts.out_dir) and not os.path.isdir(opts.out_dir):
         raise UserError(f"--out_dir={opts.out_dir} is a file; expected a folder for the pictures")
-    return opts, inputs
+    return opts, inputs, given
 
 
 def main(argv):
-    opts, inputs = parse_args(argv)
+    opts, inputs, given = parse_args(argv)
     device = cli.resolve_device(opts.device)
     if not opts.ckpt:
         opts.ckpt = find_checkpoint()
         print(f"checkpoint: {opts.ckpt}", file=sys.stderr)
-    model, names = load_model(opts.ckpt, device, opts.compile)
+    ckpt = load_checkpoint(opts.ckpt)
+    # the decoding given here, else the one the checkpoint's training run used
+    decoding = decoding_options(SampleConfig(**{k: given[k] if k in given else ckpt["config"].get(k, getattr(opts, k))
+                                                for k in DECODING}))
+    model, names = load_model(opts.ckpt, device, opts.compile, ckpt)
+    every = scores_every_attribute(model, decoding)
     if opts.attention and not isinstance(model, SequencePAR):
         raise UserError(f"--attention=True: {opts.ckpt} has the linear head; attention maps need the decoder")
     paths = find_images(inputs, skip=opts.out_dir or None)
@@ -181,7 +195,7 @@ def main(argv):
     size = model.clip.config.image_resolution
     loader = torch.utils.data.DataLoader(Images(paths, size), opts.batch_size, num_workers=opts.workers,
                                          collate_fn=collate)
-    results, failed = {}, {}
+    results, failed, all_scores = {}, {}, {}
     if opts.out_dir:
         os.makedirs(opts.out_dir, exist_ok=True)
     for idx, images, errors in loader:
@@ -189,11 +203,13 @@ def main(argv):
         if images is None:
             continue
         images = images.to(device)
-        pred, scores = model.generate(images, beam_size=opts.beam_size)
+        pred, scores = model.generate(images, **decoding)
         maps = attention_maps(model, images, pred, opts.layers) if opts.attention else None
         for b, i in enumerate(idx):
             emitted = pred[b].nonzero().flatten().tolist()  # in id order, the order they were generated in
             results[i] = [(names[j], scores[b, j].item()) for j in emitted]
+            if every:  # the chain rule and the linear head score every attribute, the predicted ones and the others
+                all_scores[i] = {n: round(scores[b, j].item(), 6) for j, n in enumerate(names)}
             if opts.out_dir:
                 stem = os.path.join(opts.out_dir, f"{i:05d}_" + os.path.splitext(os.path.basename(paths[i]))[0])
                 draw_labels(paths[i], results[i]).save(stem + ".png")
@@ -203,13 +219,18 @@ def main(argv):
                     shown = Image.fromarray((shown.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy())
                     draw_attention(shown, maps[b, :len(emitted)].cpu(), [names[j] for j in emitted]).save(stem + "_attention.png")
     if opts.json:
-        print(json.dumps([dict(image=printable(p), attributes=dict(results[i])) if i in results else
+        print(json.dumps([dict(image=printable(p), attributes=dict(results[i]),
+                               **(dict(scores=all_scores[i]) if every else {})) if i in results else
                           dict(image=printable(p), error=failed[i]) for i, p in enumerate(paths)], indent=1))
     else:
         for i, p in enumerate(paths):
             if i in results:
                 print(printable(p) + "".join(f"\n  {prob:.2f}  {name}" for name, prob in results[i]) if results[i] else
                       f"{printable(p)}\n  (no attribute)")
+                if every and len(results[i]) < len(names):  # the others, most probable first
+                    chosen = dict(results[i])
+                    others = sorted(((v, n) for n, v in all_scores[i].items() if n not in chosen), reverse=True)
+                    print("  not predicted: " + ", ".join(f"{n} {v:.2f}" for v, n in others))
     for i in sorted(failed):
         print(f"error: {failed[i]}", file=sys.stderr)
     if opts.out_dir:

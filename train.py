@@ -31,7 +31,7 @@ import clip
 from checkpoint import load_checkpoint, save_atomic
 from data import label_warnings, load_dataset
 from decoder import DecoderConfig, LinearHead, SequencePAR, labels_to_targets
-from evaluate import evaluate, format_metrics, metrics, predict
+from evaluate import decoding_options, evaluate, format_metrics, metrics, predict
 from pixels import EpochBatches, check_images, make_batches
 from run import CSVLog, Interrupt, prepare_out_dir, resume, run_steps
 
@@ -66,7 +66,11 @@ class TrainConfig:
     out_dir: str = "out"
     eval_interval: int = 0        # steps between evaluations; 0 means once per epoch
     log_interval: int = 50        # steps between log lines
-    beam_size: int = 1            # decoding in every evaluation; 1: greedy
+    rule: str = "chain"           # decoding in every evaluation: chain (every attribute's probability by the chain
+                                  # rule, against --threshold) or greedy (the paper's: the most probable next attribute)
+    threshold: float = 0.5        # the chain rule's (and the linear head's sigmoids')
+    unweight: bool = False        # the chain rule reads the probabilities with the weighted NLL's tilt undone
+    beam_size: int = 1            # greedy's beam search; 1: none
     resume: bool = False          # continue the run in out_dir from its last.pt
     overwrite: bool = False       # start afresh in an out_dir that holds another run, replacing its checkpoints
     # system
@@ -118,7 +122,7 @@ def check_config(cfg):
              ("warmup_epochs", 0 <= cfg.warmup_epochs <= cfg.epochs, f"between 0 and --epochs={cfg.epochs}"),
              ("eval_interval", cfg.eval_interval >= 0, "0 (once per epoch) or more steps"),
              ("log_interval", cfg.log_interval > 0, "a positive number of steps"),
-             ("beam_size", cfg.beam_size >= 1, "1 (greedy) or more"), ("workers", cfg.workers >= 0, "0 or more"),
+             ("workers", cfg.workers >= 0, "0 or more"),
              ("partition", cfg.partition >= 0, "0 or more"),
              ("head", cfg.head in ("sequencepar", "linear"), "sequencepar or linear"),
              ("n_layer", cfg.n_layer >= 1, "1 or more"), ("n_head", cfg.n_head >= 1, "1 or more"),
@@ -126,6 +130,7 @@ def check_config(cfg):
     for name, ok, expected in rules:
         if not ok:
             raise UserError(f"--{name}={getattr(cfg, name)}: expected {expected}")
+    decoding_options(cfg)
     if cfg.resume and cfg.overwrite:
         raise UserError("--resume=True and --overwrite=True contradict each other: continue the run, or replace it")
     cli.resolve_device(cfg.device)
@@ -300,7 +305,7 @@ def main(argv):
             if step != state["evaluated"] and (step % eval_interval == 0 or finished):
                 if master:
                     t0 = time.time()
-                    pred, _, gt = predict(raw_model, eval_batches(eval_split), device, ctx, cfg.beam_size)
+                    pred, _, gt = predict(raw_model, eval_batches(eval_split), device, ctx, decoding_options(cfg))
                     m = metrics(gt, pred)
                     dt = time.time() - t0
                     t_eval += dt
@@ -365,7 +370,7 @@ def main(argv):
             title = f"{'best on val, step' if eval_split == 'val' else 'last step'} {ckpt['step']}"
             m = evaluate(raw_model, data, "test", eval_batches("test"), cfg.out_dir,
                          dict(checkpoint=best_path, step=ckpt["step"], dataset=cfg.dataset, train_s=state["train_s"],
-                              eval_s=state["eval_s"]), device, ctx, cfg.beam_size, log=log, title=title)
+                              eval_s=state["eval_s"]), decoding_options(cfg), device, ctx, log=log, title=title)
             t_test = time.time() - t0
             csv_log.write(kind="test", step=ckpt["step"], epoch=ckpt["step"] / iters_per_epoch, split="test", **m)
             log(f"time: {state['train_s']:.1f} s training" + (f" ({train_s0:.1f} s of it before --resume=True)" if

@@ -97,16 +97,23 @@ def test_evaluate_writes_what_a_table_is_built_from(trained_run, synth_root, tin
     assert paths == [d.image_paths[i] for i in d.splits["val"]] and (gt == d.labels[d.splits["val"]]).all()
     model, _ = sample.load_model(str(tmp_path / "ckpt.pt"))
     images = torch.stack([sample.Images(paths, 32)[i][1] for i in range(len(paths))])
-    expected_pred, expected_scores = model.generate(images)
+    # decoded as the run decoded: by the chain rule, which scores every attribute
+    expected_pred, expected_scores = model.generate(images, rule="chain")
     assert (pred == expected_pred.numpy()).all() and np.allclose(prob, expected_scores.numpy(), atol=1e-5)
-    assert m == evaluate.metrics(d.labels[d.splits["val"]], pred)
+    assert (prob > 0).all()
+    assert {k: v for k, v in m.items() if k != "mAP"} == evaluate.metrics(d.labels[d.splits["val"]], pred)
+    # mAP, written plainly: per attribute the mean, over its positives, of the precision among the images scored at
+    # least as high (the scores here have no ties)
+    aps = [np.mean([(gt[prob[:, j] >= prob[i, j], j]).mean() for i in np.flatnonzero(gt[:, j])])
+           for j in range(gt.shape[1]) if gt[:, j].any()]
+    assert m["mAP"] == pytest.approx(100 * np.mean(aps))
     result = json.loads((tmp_path / "metrics_val.json").read_text())
     assert result["overall"] == pytest.approx(m)
-    assert set(result) >= {"checkpoint", "step", "dataset", "split", "beam_size", "images", "commit", "overall",
-                           "set_size", "attributes", "failures"}
+    assert set(result) >= {"checkpoint", "step", "dataset", "split", "beam_size", "rule", "threshold", "unweight",
+                           "images", "commit", "overall", "set_size", "attributes", "failures"}
     step = torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"]
-    assert (result["step"], result["dataset"], result["split"], result["beam_size"], result["images"]) == \
-        (step, "synth", "val", 1, 32)
+    assert (result["step"], result["dataset"], result["split"], result["beam_size"], result["rule"],
+            result["threshold"], result["images"]) == (step, "synth", "val", 1, "chain", 0.5, 32)
     assert result["checkpoint"] == str(tmp_path / "ckpt.pt") and re.fullmatch(r"[0-9a-f]{40}", result["commit"] or "0" * 40)
     assert list(result["attributes"]) == d.attr_names
     for j, name in enumerate(d.attr_names):
@@ -127,7 +134,12 @@ def test_evaluate_writes_what_a_table_is_built_from(trained_run, synth_root, tin
     with torch.no_grad():
         tokens = F.normalize(model.token_table()[3:], dim=-1)
     assert np.allclose(np.array([[float(x) for x in r[1:]] for r in rows[1:]]), (tokens @ tokens.T).numpy(), atol=1e-5)
-    assert "| Female " in log and "attributes per image: " in log and "wrote" in log
+    assert "| Female " in log and "attributes per image: " in log and "wrote" in log and "| mAP " in log
+    assert "images, chain rule, threshold 0.5)" in log
+    # greedy decoding scores only what it emits: no mAP, and the probability an attribute had when emitted
+    m = evaluate.main([f"--ckpt={tmp_path / 'ckpt.pt'}", "--split=val", "--workers=0", "--pictures=0", "--rule=greedy"])
+    _, pred, prob, _ = read_predictions(tmp_path / "predictions_val.csv", d.attr_names)
+    assert "mAP" not in m and ((prob > 0) == (pred == 1)).all() and "images, greedy decoding)" in capsys.readouterr().out
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
@@ -151,3 +163,28 @@ def test_evaluate_refuses_another_dataset_and_torchrun(trained_run, tmp_path, ti
         evaluate.main(["--dataset=csv", f"--root={root}", f"--ckpt={out}/ckpt.pt"])
 
 
+
+
+def test_average_precision_by_hand():
+    gt = np.array([[1, 1, 0], [0, 0, 0], [1, 1, 0], [0, 0, 0]])
+    scores = np.array([[0.9, 0.5, 0.3], [0.8, 0.5, 0.2], [0.7, 0.2, 0.1], [0.1, 0.1, 0.0]])
+    ap = evaluate.average_precision(gt, scores)
+    # attribute 0: positives at ranks 1 and 3, precision 1 and 2/3 there
+    assert ap[0] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    # attribute 1: a tie at 0.5 enters together (recall 1/2 at precision 1/2), then 0.2 (recall 1 at precision 2/3)
+    assert ap[1] == pytest.approx(100 * (0.5 * 0.5 + 0.5 * 2 / 3))
+    assert np.isnan(ap[2]) and evaluate.mean_ap(ap) == pytest.approx((ap[0] + ap[1]) / 2)  # no positives: left out
+    assert evaluate.average_precision(gt[:, :1], gt[:, :1] * 0.9 + 0.05)[0] == pytest.approx(100)  # a perfect order
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(rule="beam"), r"^--rule=beam: expected chain \(each attribute's probability, by the chain rule\) or greedy"),
+    (dict(threshold=1.5), r"^--threshold=1\.5: expected a probability from 0 to 1$"),
+    (dict(beam_size=3), r"^--beam_size=3: expected 1 or more, and 1 with --rule=chain \(it has no beam\)$"),
+    (dict(rule="greedy", unweight=True), r"^--unweight=True reads the chain rule's probabilities without the loss "
+                                         r"weights: it needs --rule=chain$"),
+])
+def test_decoding_options_that_cannot_work_are_one_line_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate.decoding_options(evaluate.EvalConfig(**options))
+    assert evaluate.decoding_options(evaluate.EvalConfig(rule="greedy", beam_size=3))["beam_size"] == 3

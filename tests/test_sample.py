@@ -21,16 +21,26 @@ def test_prints_predictions(trained_run, synth_root, capsys):
     model, names = sample.load_model(os.path.join(out, "ckpt.pt"))
     for p in paths:
         assert p in text
-    # the printed attributes are those generate emits for these images
+    # the printed attributes are those generate predicts for these images, decoded as the run decoded (the chain
+    # rule), then the others, most probable first
     x = torch.stack([sample.Images(paths, 32)[i][1] for i in range(3)])
-    pred, scores = model.generate(x)
+    pred, scores = model.generate(x, rule="chain")
     first = text.split(paths[1])[0].split(paths[0])[1]
     expected = [f"{scores[0, j]:.2f}  {names[j]}" for j in pred[0].nonzero().flatten().tolist()] or ["(no attribute)"]
-    assert [line.strip() for line in first.strip().splitlines()] == expected
+    others = sorted(((scores[0, j].item(), names[j]) for j in range(len(names)) if not pred[0, j]), reverse=True)
+    assert [line.strip() for line in first.strip().splitlines()] == expected + [
+        "not predicted: " + ", ".join(f"{n} {v:.2f}" for v, n in others)]
+    # the paper's greedy rule, one option away: only what it emits, with the probability it had when emitted
+    assert sample.main(paths[:1] + [f"--ckpt={out}/ckpt.pt", "--rule", "greedy"]) == 0
+    pred, scores = model.generate(x[:1])
+    lines = [line.strip() for line in capsys.readouterr().out.strip().splitlines()[1:]]
+    assert lines == [f"{scores[0, j]:.2f}  {names[j]}" for j in pred[0].nonzero().flatten().tolist()] or [
+        "(no attribute)"]
 
 
 def test_json_folder_pictures_attention_and_a_bad_image(trained_run, synth_root, tmp_path, capsys):
     out, _, _ = trained_run
+    names = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["attr_names"]
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(3):
@@ -46,6 +56,8 @@ def test_json_folder_pictures_attention_and_a_bad_image(trained_run, synth_root,
     assert "cannot read image" in result[0]["error"] and "broken.jpg" in captured.err
     for r in result[1:]:
         assert all(0 < p <= 1 for p in r["attributes"].values())
+        assert list(r["scores"]) == names and all(r["scores"][n] == pytest.approx(p, abs=1e-6)
+                                                  for n, p in r["attributes"].items())
     written = sorted(os.listdir(pictures))
     assert len([f for f in written if not f.endswith("_attention.png")]) == 3
     assert len([f for f in written if f.endswith("_attention.png")]) == 3
