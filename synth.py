@@ -9,6 +9,7 @@ from about 5% to 60%, and a few attributes that are only weakly visible, so that
 
     python synth.py [--root=data/synth] [--n=40000] [--seed=0]
     python synth.py --hidden=0.5            # half the people behind a car, a crate or a wall that hides their legs
+    python synth.py --ceiling               # the best any model can do on what those hide; draws nothing
 
 writes root/images/000000.png ... and root/labels.csv in the csv layout that data.py reads (image, split, then one
 0/1 column per attribute; the first 80% train, then 10% val and 10% test). Image i depends on (seed, i) only.
@@ -17,7 +18,8 @@ With --hidden, that fraction of the people stand behind an object that hides eve
 the lower garment and the shoes, so Trousers, Shorts, Skirt and Boots (HIDDEN, the last columns) can only be inferred
 from the attributes still in view, through the dependencies of the label sampler. Which images are hidden depends on
 (seed, i) only; root/hidden.csv lists them (a header, image, then one image path per row, as in labels.csv), and their
-labels are the true ones. Every other image is drawn exactly as without --hidden.
+labels are the true ones. Every other image is drawn exactly as without --hidden. `ceiling` computes, from the label
+sampler alone, the best mA and instance F1 any model can reach on the hidden attributes of a hidden image.
 """
 import csv
 import math
@@ -70,6 +72,65 @@ def _labels(r):  # one person's attributes, with dependencies and imbalance like
     a["UpperStripe"] = r.random() < (0.3 if child else 0.12)
     a["UpperLogo"] = r.random() < (0.3 if child else 0.12)
     return a
+
+
+# _labels draws the hidden attributes from these visible ones alone, and no visible attribute from a hidden one, so
+# given these, the other visible attributes say nothing more about the hidden ones (tests/test_synth.py checks it)
+PARENTS = ("Female", "LongSleeve", "LongCoat")
+
+
+def _codes(sample, names, n, seed):  # n draws of sample, attribute j of `names` in bit j of an integer per draw
+    r = random.Random(seed)
+    return np.fromiter((sum(a[k] << j for j, k in enumerate(names)) for a in (sample(r) for _ in range(n))),
+                       np.int64, n)
+
+
+def _f1(gt, pred):  # per image (the last axis) F1 of 0/1 arrays, as evaluate.metrics has it (eps = 1e-20)
+    inter, eps = (gt & pred).sum(-1), 1e-20
+    prec, rec = inter / (pred.sum(-1) + eps), inter / (gt.sum(-1) + eps)
+    return 2 * prec * rec / (prec + rec + eps)
+
+
+def _ma(gt, pred):  # label-based mA of 0/1 arrays (N, A), as evaluate.metrics has it
+    eps = 1e-20
+    return (((gt & pred).sum(0) / (gt.sum(0) + eps) + (~gt & ~pred).sum(0) / ((~gt).sum(0) + eps)) / 2).mean()
+
+
+def ceiling(sample=_labels, hidden=HIDDEN, given=PARENTS, n=200_000, seed=0):
+    """The best mA and instance F1 (in percent, as evaluate.metrics defines them, over the hidden attributes alone)
+    that any model can reach on the `hidden` attributes of an image that shows only the attributes `given`, for labels
+    drawn by `sample(r) -> {name: bool}` (given=None: every attribute that is not hidden). We estimate
+    P(set of hidden attributes | given) from n draws, then score on n other draws, so that the estimate's own noise
+    counts against it: (a) per attribute, 1 iff P(y_j = 1 | given) exceeds its positive rate, the decision that
+    maximises balanced accuracy, hence mA; (b) per image, the set of hidden attributes, out of all 2^len(hidden), that
+    maximises the expected F1. An image whose true and predicted sets are both empty counts F1 = 0, as in
+    evaluate.metrics (with HIDDEN it never happens: one of Trousers, Shorts and Skirt always holds). Returns mA and F1,
+    and blind_mA and blind_F1 of the same decisions made from the rates alone (blind_mA is 50, as for any decision
+    blind to the image)."""
+    if given is None:
+        given = [k for k in sample(random.Random(seed)) if k not in hidden]
+    k, names = len(hidden), list(hidden) + list(given)  # the hidden ones in the low bits
+    if k > 12 or len(names) > 62:
+        raise ValueError(f"{k} hidden and {len(given)} given attributes: at most 12 hidden, 62 in all")
+    fit, test = (_codes(sample, names, n, f"ceiling/{seed}/{part}") for part in ("fit", "test"))
+    sets = (np.arange(2 ** k)[:, None] >> np.arange(k) & 1).astype(bool)  # (C, k): the C = 2^k sets of hidden ones
+    prior = np.bincount(fit & (2 ** k - 1), minlength=2 ** k) / n  # (C,)
+    seen, row = np.unique(fit >> k, return_inverse=True)  # the patterns of the given attributes, and each draw's
+    counts = np.zeros((len(seen), 2 ** k))
+    np.add.at(counts, (row.ravel(), fit & (2 ** k - 1)), 1)
+    # a pattern seen a few times leans on the marginal (one pseudo-draw of it), one never seen is the marginal
+    post = (counts + prior) / (counts.sum(1, keepdims=True) + 1)  # (patterns, C): P(set | pattern)
+    at = np.minimum(np.searchsorted(seen, test >> k), len(seen) - 1)
+    p = np.where((seen[at] == test >> k)[:, None], post[at], prior)  # (n, C) for the test draws
+    gt = sets[test & (2 ** k - 1)]  # (n, k)
+    table = _f1(sets[None], sets[:, None])  # (C, C): F1 of predicted set s (rows) on true set t (columns)
+
+    def scores(p):  # P(set | what the decision sees) (n, C) -> mA and F1 of the decisions (a) and (b)
+        best = sets[(p @ table.T).argmax(1)]  # (b): the set of the highest expected F1
+        return 100 * float(_ma(gt, p @ sets > prior @ sets)), 100 * float(_f1(gt, best).mean())
+
+    (ma, f1), (blind_ma, blind_f1) = scores(p), scores(np.broadcast_to(prior, p.shape))
+    return {"mA": ma, "F1": f1, "blind_mA": blind_ma, "blind_F1": blind_f1}
 
 
 def _jitter(r, c, k=25):
@@ -278,6 +339,7 @@ class SynthConfig:
     n: int = N                    # images
     seed: int = 0
     hidden: float = 0.0           # the fraction of images whose legs and feet an object hides (listed in hidden.csv)
+    ceiling: bool = False         # print the best scores possible on what that object hides, and draw nothing
     PATHS = ("root",)
 
 
@@ -287,12 +349,18 @@ def main(argv):
         raise UserError(f"--n={cfg.n}: expected 1 or more images")
     if not 0 <= cfg.hidden <= 1:
         raise UserError(f"--hidden={cfg.hidden}: expected a fraction from 0 to 1")
-    print(f"drawing {cfg.n} images into {cfg.root} ...", flush=True)
-    try:
-        make_synthetic(cfg.root, cfg.n, cfg.seed, hidden=cfg.hidden)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt("interrupted: nothing was kept") from None
-    print("done")
+    if not cfg.ceiling:
+        print(f"drawing {cfg.n} images into {cfg.root} ...", flush=True)
+        try:
+            make_synthetic(cfg.root, cfg.n, cfg.seed, hidden=cfg.hidden)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt("interrupted: nothing was kept") from None
+        print("done")
+    if cfg.ceiling or cfg.hidden > 0:
+        c = ceiling()
+        print(f"ceiling on {', '.join(HIDDEN)} of a hidden image, from the label sampler: mA {c['mA']:.2f}, "
+              f"F1 {c['F1']:.2f} from the attributes in view; mA {c['blind_mA']:.2f}, F1 {c['blind_F1']:.2f} blind "
+              "to them")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.stats
 from PIL import Image
 
 import data
@@ -171,13 +172,81 @@ def test_hidden_list_and_what_it_leaves_unchanged(tmp_path):
     assert "hidden=0.5 " in (tmp_path / "a" / synth.MARKER).read_text()
     # the labels are the true ones, and an image that is not hidden is the one drawn without the option
     assert (tmp_path / "a" / "labels.csv").read_bytes() == (tmp_path / "c" / "labels.csv").read_bytes()
-    for name, x, y in zip(sorted(os.listdir(tmp_path / "a" / "images")), hashes(tmp_path / "a"), hashes(tmp_path / "c")):
+    names = sorted(os.listdir(tmp_path / "a" / "images"))
+    for name, x, y in zip(names, hashes(tmp_path / "a"), hashes(tmp_path / "c")):
         assert (x != y) == (f"images/{name}" in hidden), name
     # data.py reads the folder as before: labels.csv alone
     d, c = data.load_dataset("synth", str(tmp_path / "a")), data.load_dataset("synth", str(tmp_path / "c"))
     assert d.attr_names == c.attr_names and (d.labels == c.labels).all() and d.prompts == c.prompts
     assert [os.path.relpath(p, tmp_path / "a") for p in d.image_paths] == [f"images/{i:06d}.png" for i in range(200)]
     assert synth.ATTRS[-len(synth.HIDDEN):] == list(synth.HIDDEN)  # after the attributes that inform them
+
+
+def test_ceiling_on_samplers_computed_by_hand():
+    def copy(r):  # h is v nine times in ten
+        v = r.random() < 0.5
+        return {"v": v, "h": v if r.random() < 0.9 else not v}
+
+    def pair(r):  # exactly one of h1, h2; h1 is v nine times in ten
+        a = copy(r)
+        return {"v": a["v"], "h1": a["h"], "h2": not a["h"]}
+
+    def rare(r):  # h is rarer than one half even when v holds: the decision for mA compares with its rate, 0.25
+        v = r.random() < 0.5
+        return {"v": v, "h": r.random() < (0.4 if v else 0.1)}
+
+    def noise(r):  # v says nothing about h
+        return {"v": r.random() < 0.5, "h": r.random() < 0.3}
+
+    # An image with no true hidden attribute scores F1 0 whatever we predict, so with one hidden attribute we always
+    # predict it and F1 is its rate. With an exclusive pair, predicting both scores 2/3 on every image, which beats
+    # a guess right less than 2/3 of the time: the blind decision.
+    for sample, hidden, given, want in [
+            (copy, ["h"], None, (90, 50, 50, 50)),
+            (pair, ["h1", "h2"], ["v"], (90, 90, 50, 200 / 3)),
+            (rare, ["h"], None, ((0.2 / 0.25 + 0.45 / 0.75) / 2 * 100, 25, 50, 25)),  # recall of h, then of not h
+            (noise, ["h"], None, (50, 30, 50, 30)),
+            (pair, ["h1", "h2"], (), (50, 200 / 3, 50, 200 / 3))]:
+        got = synth.ceiling(sample, hidden, given, n=20_000, seed=1)
+        assert got == pytest.approx(dict(zip(["mA", "F1", "blind_mA", "blind_F1"], want)), abs=1.5), sample.__name__
+
+
+def test_the_metrics_are_evaluates():
+    import evaluate  # torch and the model: only here
+
+    rng = np.random.default_rng(0)
+    gt, pred = rng.random((300, 4)) < 0.3, rng.random((300, 4)) < 0.4
+    gt[:5], pred[:3] = False, False  # images with nothing true, and with nothing predicted
+    m = evaluate.metrics(gt, pred)
+    assert 100 * synth._ma(gt, pred) == pytest.approx(m["mA"])
+    assert 100 * synth._f1(gt, pred).mean() == pytest.approx(m["F1"])
+
+
+def test_ceiling_of_the_label_sampler():
+    c = synth.ceiling()
+    assert c["blind_mA"] == 50 and c["mA"] > 65 and c["F1"] > c["blind_F1"] + 5, c
+    # ceiling conditions on PARENTS alone: that is exact only if, given them, the hidden attributes are independent
+    # of every other visible one. A G-test per visible attribute, within each pattern of the parents.
+    r = random.Random(0)
+    y = np.array([[a[k] for k in synth.ATTRS] for a in (synth._labels(r) for _ in range(50_000))])
+    col = {k: y[:, j] for j, k in enumerate(synth.ATTRS)}
+    hidden = sum(col[k] << j for j, k in enumerate(synth.HIDDEN))
+
+    def p_independent(u, given):
+        g, dof = 0.0, 0
+        pattern = sum(col[k] << j for j, k in enumerate(given))
+        for p in np.unique(pattern):
+            table = np.zeros((16, 2))
+            np.add.at(table, (hidden[pattern == p], col[u][pattern == p].astype(int)), 1)
+            table = table[table.sum(1) > 0][:, table.sum(0) > 0]
+            expected = table.sum(1, keepdims=True) * table.sum(0) / table.sum()
+            g += 2 * (table * np.log(np.where(table > 0, table / expected, 1))).sum()
+            dof += (table.shape[0] - 1) * (table.shape[1] - 1)
+        return scipy.stats.chi2.sf(g, max(dof, 1))
+
+    for u in set(synth.ATTRS) - set(synth.HIDDEN) - set(synth.PARENTS):
+        assert p_independent(u, synth.PARENTS) > 1e-4, u
+    assert p_independent("Female", ["LongSleeve", "LongCoat"]) < 1e-10  # the test sees a dependence that is there
 
 
 def test_command_line(tmp_path):
@@ -191,10 +260,15 @@ def test_command_line(tmp_path):
     assert r.returncode == 0 and "python synth.py [--root=data/synth] [--n=40000] [--seed=0]" in r.stdout
 
 
-def test_hidden_on_the_command_line(tmp_path, capsys):
+def test_hidden_on_the_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(synth, "ceiling", lambda: dict(mA=71.234, F1=68.5, blind_mA=50, blind_F1=58.9))
+    line = ("ceiling on Trousers, Shorts, Skirt, Boots of a hidden image, from the label sampler: mA 71.23, F1 68.50 "
+            "from the attributes in view; mA 50.00, F1 58.90 blind to them\n")
     synth.main([f"--root={tmp_path / 'h'}", "--n=10", "--hidden=0.5"])
-    assert (tmp_path / "h" / "hidden.csv").exists()
+    assert capsys.readouterr().out.endswith("done\n" + line) and (tmp_path / "h" / "hidden.csv").exists()
+    synth.main([f"--root={tmp_path / 'c'}", "--ceiling"])
+    assert capsys.readouterr().out == line and not (tmp_path / "c").exists()
     synth.main([f"--root={tmp_path / 'v'}", "--n=10"])
-    assert not (tmp_path / "v" / "hidden.csv").exists()
+    assert "ceiling" not in capsys.readouterr().out and not (tmp_path / "v" / "hidden.csv").exists()
     with pytest.raises(synth.UserError, match=r"^--hidden=1.5: expected a fraction from 0 to 1$"):
         synth.main(["--hidden=1.5"])
