@@ -8,9 +8,18 @@ one age group and one view), dependencies (skirts mostly with long hair, shorts 
 from about 5% to 60%, and a few attributes that are only weakly visible, so that context from the others helps.
 
     python synth.py [--root=data/synth] [--n=40000] [--seed=0]
+    python synth.py --hidden=0.5            # half the people behind a car, a crate or a wall that hides their legs
+    python synth.py --ceiling               # the best any model can do on what those hide; draws nothing
 
 writes root/images/000000.png ... and root/labels.csv in the csv layout that data.py reads (image, split, then one
 0/1 column per attribute; the first 80% train, then 10% val and 10% test). Image i depends on (seed, i) only.
+
+With --hidden, that fraction of the people stand behind an object that hides everything below their upper garment:
+the lower garment and the shoes, so Trousers, Shorts, Skirt and Boots (HIDDEN, the last columns) can only be inferred
+from the attributes still in view, through the dependencies of the label sampler. Which images are hidden depends on
+(seed, i) only; root/hidden.csv lists them (a header, image, then one image path per row, as in labels.csv), and their
+labels are the true ones. Every other image is drawn exactly as without --hidden. `ceiling` computes, from the label
+sampler alone, the best mA and instance F1 any model can reach on the hidden attributes of a hidden image.
 """
 import csv
 import math
@@ -32,6 +41,7 @@ ATTRS = ["Female", "AgeLess18", "Age18-60", "AgeOver60", "Front", "Back", "Side"
                "LongCoat", "Trousers", "Shorts", "Skirt", "Boots"]
 GROUPS = [("AgeLess18", "Age18-60", "AgeOver60"), ("Front", "Back", "Side"), ("ShortSleeve", "LongSleeve"),
                 ("Trousers", "Shorts", "Skirt")]  # exactly one attribute of each group holds
+HIDDEN = ("Trousers", "Shorts", "Skirt", "Boots")  # what the object in front of a hidden image covers
 N = 40_000  # data volume, not epochs, decides what a small model learns here: many distinct images
 COLOURS = [(200, 30, 30), (30, 60, 190), (40, 150, 60), (230, 200, 40), (235, 235, 235), (25, 25, 25), (128, 128, 128),
            (20, 30, 80), (110, 70, 40), (240, 130, 180), (120, 50, 150), (240, 130, 20)]
@@ -64,6 +74,68 @@ def _labels(r):  # one person's attributes, with dependencies and imbalance like
     return a
 
 
+# _labels draws the hidden attributes from these visible ones alone, and no visible attribute from a hidden one, so
+# given these, the other visible attributes say nothing more about the hidden ones (tests/test_synth.py checks it)
+PARENTS = ("Female", "LongSleeve", "LongCoat")
+
+
+def _codes(sample, names, n, seed):  # n draws of sample, attribute j of `names` in bit j of an integer per draw
+    r = random.Random(seed)
+    return np.fromiter((sum(a[k] << j for j, k in enumerate(names)) for a in (sample(r) for _ in range(n))),
+                       np.int64, n)
+
+
+def _f1(gt, pred):  # per image (the last axis) F1 of 0/1 arrays, as evaluate.metrics has it (eps = 1e-20)
+    inter, eps = (gt & pred).sum(-1), 1e-20
+    prec, rec = inter / (pred.sum(-1) + eps), inter / (gt.sum(-1) + eps)
+    return 2 * prec * rec / (prec + rec + eps)
+
+
+def _ma(gt, pred):  # label-based mA of 0/1 arrays (N, A), as evaluate.metrics has it
+    eps = 1e-20
+    return (((gt & pred).sum(0) / (gt.sum(0) + eps) + (~gt & ~pred).sum(0) / ((~gt).sum(0) + eps)) / 2).mean()
+
+
+def ceiling(sample=_labels, hidden=HIDDEN, given=PARENTS, n=200_000, seed=0):
+    """The best mA and instance F1 (in percent, as evaluate.metrics defines them, over the hidden attributes alone)
+    that any model can reach on the `hidden` attributes of an image that shows only the attributes `given`, for labels
+    drawn by `sample(r) -> {name: bool}` (given=None: every attribute that is not hidden). We estimate
+    P(set of hidden attributes | given) from n draws, then score on n other draws, so that the estimate's own noise
+    counts against it: (a) per attribute, 1 iff P(y_j = 1 | given) exceeds its positive rate, the decision that
+    maximises balanced accuracy, hence mA; (b) per image, the set of hidden attributes, out of all 2^len(hidden), that
+    maximises the expected F1, hence F1; F1_config is the same out of the sets the sampler draws, for a model that
+    keeps to them (one of Trousers, Shorts and Skirt: hedging with two of them pays in F1, as no true set ever has
+    them both). An image whose true and predicted sets are both empty counts F1 = 0, as in evaluate.metrics (with
+    HIDDEN it never happens). blind_mA, blind_F1 and blind_F1_config are the same decisions made from the rates alone
+    (blind_mA is 50, as for any decision blind to the image)."""
+    if given is None:
+        given = [k for k in sample(random.Random(seed)) if k not in hidden]
+    k, names = len(hidden), list(hidden) + list(given)  # the hidden ones in the low bits
+    if k > 12 or len(names) > 62:
+        raise ValueError(f"{k} hidden and {len(given)} given attributes: at most 12 hidden, 62 in all")
+    fit, test = (_codes(sample, names, n, f"ceiling/{seed}/{part}") for part in ("fit", "test"))
+    sets = (np.arange(2 ** k)[:, None] >> np.arange(k) & 1).astype(bool)  # (C, k): the C = 2^k sets of hidden ones
+    prior = np.bincount(fit & (2 ** k - 1), minlength=2 ** k) / n  # (C,)
+    seen, row = np.unique(fit >> k, return_inverse=True)  # the patterns of the given attributes, and each draw's
+    counts = np.zeros((len(seen), 2 ** k))
+    np.add.at(counts, (row.ravel(), fit & (2 ** k - 1)), 1)
+    # a pattern seen a few times leans on the marginal (one pseudo-draw of it), one never seen is the marginal
+    post = (counts + prior) / (counts.sum(1, keepdims=True) + 1)  # (patterns, C): P(set | pattern)
+    at = np.minimum(np.searchsorted(seen, test >> k), len(seen) - 1)
+    p = np.where((seen[at] == test >> k)[:, None], post[at], prior)  # (n, C) for the test draws
+    gt = sets[test & (2 ** k - 1)]  # (n, k)
+    table = _f1(sets[None], sets[:, None])  # (C, C): F1 of predicted set s (rows) on true set t (columns)
+
+    def scores(p):  # P(set | what the decision sees) (n, C) -> the scores of decisions (a) and (b)
+        expected = p @ table.T  # (n, C): the expected F1 of predicting each set
+        best, config = (sets[np.where(allowed, expected, -1).argmax(1)] for allowed in (True, prior > 0))
+        return [100 * float(_ma(gt, p @ sets > prior @ sets)), 100 * float(_f1(gt, best).mean()),
+                100 * float(_f1(gt, config).mean())]
+
+    keys = ["mA", "F1", "F1_config"]
+    return dict(zip(keys + ["blind_" + key for key in keys], scores(p) + scores(np.broadcast_to(prior, p.shape))))
+
+
 def _jitter(r, c, k=25):
     return tuple(min(255, max(0, v + r.randint(-k, k))) for v in c)
 
@@ -72,7 +144,7 @@ def _box(d, x0, y0, x1, y1, fill, **kw):  # a rectangle given by any two corners
     d.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), fill=fill, **kw)
 
 
-def _image(r, a, rng):  # person `a` in a square street scene, drawn at 128x128, stored at 64x64
+def _image(r, a, rng, cover=None):  # person `a` in a square street scene, drawn at 128x128, stored at 64x64
     # Square, so the model's pad-to-square adds no black bars: the person is as large as in a 128x64 crop, with street
     # around it instead of padding.
     W, H = 128, 128
@@ -165,23 +237,44 @@ def _image(r, a, rng):  # person `a` in a square street scene, drawn at 128x128,
     if r.random() < 0.1:  # a pole
         px = r.uniform(0, W)
         _box(d, px, 0, px + r.uniform(3, 6), H, _jitter(r, (100,) * 3, 60))
+    if cover:  # a hidden image: an object in front from just above the hem of the upper garment to the bottom edge
+        # Its own random stream (`cover`), so the rest of the scene is the one drawn without it. Its top follows the
+        # hem, so a long coat still shows as long; it is wider than a skirt's flare and a shoe's toe, and opaque.
+        top, kind = end - cover.uniform(2, h * 0.06), cover.choice(("car", "crate", "wall"))
+        ox0, ox1 = x0 - sw * 0.2 - cover.uniform(4, 50), x1 + sw * 0.2 + cover.uniform(4, 50)
+        body = _jitter(cover, cover.choice(COLOURS), 30)
+        dark = tuple(v // 2 for v in body)
+        _box(d, ox0, top, ox1, H, body, outline=dark)
+        if kind == "car":  # a window line along the top and the wheels below the door
+            _box(d, ox0, top + 3, ox1, top + 6, (40, 50, 60))
+            for wx in (ox0 + 6, ox1 - 22):
+                d.ellipse((wx, H - 14, wx + 16, H + 2), fill=(20, 20, 20))
+        for px in np.arange(ox0 + 7, ox1 - 3, 9) if kind == "crate" else []:  # planks
+            _box(d, px, top + 2, px + 1, H, dark)
+        for py in np.arange(top + 6, H, 6) if kind == "wall" else []:  # courses of bricks
+            _box(d, ox0, py, ox1, py, dark)
     x = np.asarray(img.reduce(2), dtype=np.float32) * r.uniform(0.7, 1.2)  # 2x2 averages anti-alias; lighting
     x += rng.normal(0, r.uniform(1.5, 5), x.shape)  # sensor noise
     return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
 
 
 def _chunk(job):
-    folder, seed, n, start, stop = job
-    rows = []
+    folder, seed, n, start, stop, hidden = job
+    rows, covered = [], []
     for i in range(start, stop):
         r = random.Random(f"{seed}/{i}")  # image i depends on (seed, i) only, not on which worker draws it
         a = _labels(r)
         name = f"images/{i:06d}.png"
-        img = _image(r, a, np.random.default_rng([seed, i]))
+        # whether to hide the legs, and the object that does, from a stream of their own: with hidden=0 (or an image
+        # that stays visible) r and rng draw exactly what they draw without the option
+        cover = random.Random(f"{seed}/{i}/hidden")
+        cover = cover if cover.random() < hidden else None
+        img = _image(r, a, np.random.default_rng([seed, i]), cover)
         img.save(os.path.join(folder, name), compress_level=0)  # uncompressed: zlib costs more time than it saves
         split = "train" if i < 0.8 * n else "val" if i < 0.9 * n else "test"  # 80 / 10 / 10
         rows.append([name, split] + [int(a[k]) for k in ATTRS])
-    return rows
+        covered += [name] if cover else []
+    return rows, covered
 
 
 MARKER = ".synth"  # in every folder we draw: the only folders make_synthetic may ever replace or delete
@@ -206,8 +299,9 @@ def _remove_stale_drafts(parent):
                 pass
 
 
-def make_synthetic(root, n, seed, workers=None):
-    """Draws n synthetic pedestrians into root/images/*.png and writes root/labels.csv. An existing root is
+def make_synthetic(root, n, seed, workers=None, hidden=0.0):
+    """Draws n synthetic pedestrians into root/images/*.png and writes root/labels.csv; with hidden > 0, about that
+    fraction stand behind an object that hides their legs and feet, listed in root/hidden.csv. An existing root is
     replaced only if we drew it (it holds our marker file); a folder with anything else in it is refused."""
     root = os.path.abspath(root)
     if os.path.exists(root) and not (os.path.isdir(root) and (_ours(root) or not os.listdir(root))):
@@ -218,18 +312,21 @@ def make_synthetic(root, n, seed, workers=None):
     tmp = tempfile.mkdtemp(dir=parent, prefix=".synth-")  # filled, then renamed: a half-drawn set never loads
     try:
         with open(os.path.join(tmp, MARKER), "w") as f:
-            f.write(f"drawn by synth.py: n={n} seed={seed} pid={os.getpid()}\n")
+            f.write(f"drawn by synth.py: n={n} seed={seed} hidden={hidden} pid={os.getpid()}\n")
         os.mkdir(os.path.join(tmp, "images"))
         workers = workers or os.cpu_count() or 1
         size = max(1, min(500, math.ceil(n / (4 * workers))))  # several jobs a worker, so none waits on the last
-        jobs = [(tmp, seed, n, s, min(s + size, n)) for s in range(0, n, size)]
+        jobs = [(tmp, seed, n, s, min(s + size, n), hidden) for s in range(0, n, size)]
         if workers > 1:
             with multiprocessing.Pool(workers) as pool:
                 chunks = pool.map(_chunk, jobs)
         else:
             chunks = [_chunk(job) for job in jobs]
         with open(os.path.join(tmp, "labels.csv"), "w", newline="") as f:
-            csv.writer(f).writerows([["image", "split"] + ATTRS] + [row for c in chunks for row in c])
+            csv.writer(f).writerows([["image", "split"] + ATTRS] + [row for rows, _ in chunks for row in rows])
+        if hidden > 0:  # data.py reads labels.csv alone; an evaluation splits the hidden images off with this list
+            with open(os.path.join(tmp, "hidden.csv"), "w", newline="") as f:
+                csv.writer(f).writerows([["image"]] + [[name] for _, names in chunks for name in names])
         if os.path.isdir(root):  # an earlier set of ours, or an empty folder: swap it out, then delete it
             os.rename(root, tmp + "-old")
         os.rename(tmp, root)
@@ -244,6 +341,8 @@ class SynthConfig:
     root: str = os.path.join("data", "synth")  # the folder to draw into (an earlier set of ours there is replaced)
     n: int = N                    # images
     seed: int = 0
+    hidden: float = 0.0           # the fraction of images whose legs and feet an object hides (listed in hidden.csv)
+    ceiling: bool = False         # print the best scores possible on what that object hides, and draw nothing
     PATHS = ("root",)
 
 
@@ -251,12 +350,20 @@ def main(argv):
     cfg = cli.parse(argv, SynthConfig)
     if cfg.n < 1:
         raise UserError(f"--n={cfg.n}: expected 1 or more images")
-    print(f"drawing {cfg.n} images into {cfg.root} ...", flush=True)
-    try:
-        make_synthetic(cfg.root, cfg.n, cfg.seed)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt("interrupted: nothing was kept") from None
-    print("done")
+    if not 0 <= cfg.hidden <= 1:
+        raise UserError(f"--hidden={cfg.hidden}: expected a fraction from 0 to 1")
+    if not cfg.ceiling:
+        print(f"drawing {cfg.n} images into {cfg.root} ...", flush=True)
+        try:
+            make_synthetic(cfg.root, cfg.n, cfg.seed, hidden=cfg.hidden)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt("interrupted: nothing was kept") from None
+        print("done")
+    if cfg.ceiling or cfg.hidden > 0:
+        c = ceiling()
+        print(f"ceiling on {', '.join(HIDDEN)} of a hidden image, from the label sampler: mA {c['mA']:.2f}, "
+              f"F1 {c['F1']:.2f} ({c['F1_config']:.2f} predicting one garment) from the attributes in view; "
+              f"mA {c['blind_mA']:.2f}, F1 {c['blind_F1']:.2f} ({c['blind_F1_config']:.2f}) blind to them")
 
 
 if __name__ == "__main__":
