@@ -128,7 +128,7 @@ def csv_set(root, splits, missing=()):
 @pytest.mark.parametrize("extra, message", [
     (["--epochs=0"], r"--epochs=0.0: expected a positive number"),
     (["--log_interval=0"], r"--log_interval=0: expected a positive number of steps"),
-    (["--beam_size=0"], r"--beam_size=0: expected 1 \(greedy\) or more"),
+    (["--beam_size=0"], r"--beam_size=0: expected 1 or more, and 1 with --rule=chain \(it has no beam\)"),
     (["--n_layer=0"], r"--n_layer=0: expected 1 or more"),
     (["--n_head=3"], r"--n_head=3 does not divide the decoder's width 32 \(CLIP's embedding width\)"),
     (["--device=cuda:99"], r"--device=cuda:99: this machine has \d+ CUDA GPUs"),

@@ -83,7 +83,7 @@ def test_end_to_end(trained_run):
     values = losses(log)
     assert len(values) == 16 and np.mean(values[-4:]) < 0.9 * np.mean(values[:4])  # the loss falls
     assert log.count("eval step") == 2 and "test (best on val" in log
-    assert set(result) == {"mA", "Acc", "Prec", "Rec", "F1", "F1_hm"}
+    assert set(result) == {"mA", "Acc", "Prec", "Rec", "F1", "F1_hm", "mAP"}  # the chain rule scores every attribute
     ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)  # tensors and plain values only
     last = torch.load(os.path.join(out, "last.pt"), weights_only=True)
     assert last["step"] == 16 and "optimizer" in last and "optimizer" not in ckpt
@@ -168,7 +168,7 @@ def test_trains_on_a_dataset_pickle(synth_root, tiny_clip_file, tmp_path):
     out = tmp_path / "out"
     m = train.main(["--dataset=pkl", f"--root={tmp_path}", "--images=pictures", f"--clip={tiny_clip_file}",
                     f"--out_dir={out}", "--epochs=1", "--warmup_epochs=0.2", "--batch_size=32", "--workers=0", "--lr=3e-3"])
-    assert set(m) == {"mA", "Acc", "Prec", "Rec", "F1", "F1_hm"}
+    assert set(m) == {"mA", "Acc", "Prec", "Rec", "F1", "F1_hm", "mAP"}
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert ckpt["attr_names"] == d.attr_names and ckpt["step"] == 9  # 288 trainval images: 9 batches of 32
     assert os.path.exists(out / "metrics_test.json") and os.path.exists(out / "predictions_test.csv")
