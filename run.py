@@ -90,17 +90,20 @@ def prepare_out_dir(cfg):
 
 def check_resume(ckpt, path, model, attr_names, prompts, head):
     check_attributes(ckpt, path, attr_names, "use another --out_dir")
-    # (the linear head reads no prompts)
-    changed = [(n, then, now) for n, then, now in zip(attr_names, ckpt["prompts"], prompts) if then != now
-               and head == "sequencepar"]
+    trained = ckpt.get("head", "sequencepar")
+    if trained != head:
+        raise UserError(f"{path} holds a model of --head={trained}, not --head={head}; resume with --head={trained}, "
+                        f"or use another --out_dir")
+    # (the linear head reads no prompts and has no decoder)
+    text = head != "linear"
+    changed = [(n, then, now) for n, then, now in zip(attr_names, ckpt["prompts"], prompts) if then != now and text]
     if changed:
         n, then, now = changed[0]
         raise UserError(f"{path} was trained with another prompt for {n} ({then!r}, now {now!r})"
                         + (f" and for {len(changed) - 1} more attributes" if len(changed) > 1 else "")
                         + "; restore prompts.csv, or use another --out_dir")
-    now = {**dataclasses.asdict(model.clip.config), **(dataclasses.asdict(model.config) if head == "sequencepar" else {}),
-           "head": head}
-    then = {**ckpt["clip_config"], **ckpt["decoder_config"], "head": ckpt.get("head", "sequencepar")}
+    now = {**dataclasses.asdict(model.clip.config), **(dataclasses.asdict(model.config) if text else {})}
+    then = {**ckpt["clip_config"], **ckpt["decoder_config"]}
     changed = [f"{k} {then.get(k)} (now {v})" for k, v in now.items() if then.get(k) != v and k != "dropout"]
     if changed:
         raise UserError(f"{path} holds another model: {', '.join(changed)}; resume with the options it was trained "
