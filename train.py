@@ -242,11 +242,15 @@ def main(argv):
         dist.barrier()
 
     model = build_model(cfg, data).to(device)
+    # Every head of one seed starts from the same image encoder (CLIP builds it first) and sees the same batches with
+    # the same augmentation (its own generator, in make_batches). What draws from torch's generator from here on, the
+    # heads' dropout, starts from the same state whatever the head drew for its own weights.
+    torch.manual_seed(cfg.seed + rank)
     raw_model = model
     optimizer, base_lrs = configure_optimizer(raw_model, cfg)
     # the run so far: the step, the best val mA and the step of the model in ckpt.pt (-1: none yet), the step whose
     # state was last evaluated, the seconds spent training and evaluating (over every start of the run)
-    state = dict(step=0, best_mA=-1.0, selected=-1, evaluated=0, train_s=0.0, eval_s=0.0, rng=None)
+    state = dict(step=0, best_mA=-1.0, selected=-1, evaluated=0, train_s=0.0, eval_s=0.0, rng=None, aug_rng=None)
     best_path, last_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "last.pt")
     if cfg.resume:
         resumed = resume(last_path, raw_model, optimizer, data, cfg, eval_split, log)
@@ -263,16 +267,20 @@ def main(argv):
     sampler = EpochBatches(len(data.splits["train"]), cfg.batch_size // world, cfg.seed, rank, world, start_step=step)
     if ddp and not master:  # the master decodes a --preload cache first
         dist.barrier()
-    train_batches, eval_batches = make_batches(cfg, data, raw_model.clip.config.image_resolution, sampler, cuda)
+    train_batches, eval_batches, augmentation = make_batches(cfg, data, raw_model.clip.config.image_resolution,
+                                                             sampler, cuda)
     if ddp and master:
         dist.barrier()
     if state["rng"] is not None:  # dropout and augmentation go on as if the run had never stopped (one process)
         torch.set_rng_state(state["rng"])
+    if state["aug_rng"] is not None:  # (None: a last.pt of an older train.py; the augmentation starts from its seed)
+        augmentation.set_state(state["aug_rng"])
 
     def checkpoint(metrics_now):
         return dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), metrics=metrics_now,
                     **{k: state[k] for k in ("step", "best_mA", "selected", "train_s", "eval_s")}, rng=torch.get_rng_state(),
-                    config=dataclasses.asdict(cfg), clip_config=dataclasses.asdict(raw_model.clip.config),
+                    aug_rng=augmentation.get_state(), config=dataclasses.asdict(cfg),
+                    clip_config=dataclasses.asdict(raw_model.clip.config),
                     decoder_config=dataclasses.asdict(raw_model.config) if cfg.head != "linear" else {},
                     head=cfg.head, attr_names=list(data.attr_names), prompts=list(data.prompts), dataset=cfg.dataset)
 
@@ -325,7 +333,7 @@ def main(argv):
                     saved = checkpoint(m)
                     save(saved, last_path)
                     if selected:
-                        save({k: v for k, v in saved.items() if k not in ("optimizer", "rng")}, best_path)
+                        save({k: v for k, v in saved.items() if k not in ("optimizer", "rng", "aug_rng")}, best_path)
                     note = (f"best, saved {best_path}" if eval_split == "val" else f"the last model, saved {best_path}") \
                         if selected else f"best mA {state['best_mA']:.2f}"
                     log(f"eval step {step} epoch {step / iters_per_epoch:.2f}: {eval_split} {format_metrics(m)} | {note}")
