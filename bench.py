@@ -25,9 +25,10 @@ encoder for inference (as sample.py --compile=True does) and the whole model for
 
 --train=True measures the demo instead (train.py --dataset=synth: the tiny CLIP, its 2-layer decoder, batch 64), on a
 few hundred synthetic images drawn into a temporary folder: the two input pipelines (PIL transforms per image in one
-process, and crop and flip on batches of preloaded uint8 images), one SequencePAR training step, the same encoder with
-a linear multi-label head and BCE (what SequencePAR's decoder costs in training), and the image encoder's forward and
-backward alone.
+process, and crop and flip on batches of preloaded uint8 images), one SequencePAR training step, one of the query head
+(the same decoder fed every attribute at once: what autoregression costs in training), one of the same encoder with a
+linear multi-label head and BCE (what SequencePAR's decoder costs), and the image encoder's forward and backward
+alone.
 """
 import dataclasses
 import os
@@ -263,6 +264,9 @@ def run_training(opts):
     # layer, BCE per attribute; no text tower
     torch.manual_seed(0)
     baseline = train.build_model(dataclasses.replace(cfg, head="linear"), data).to(device).train()
+    # the query head (--head=query): SequencePAR's decoder and text tower, every attribute token at once, BCE
+    torch.manual_seed(0)
+    query = train.build_model(dataclasses.replace(cfg, head="query"), data).to(device).train()
 
     def bce_loss(x, targets):
         return baseline(x, targets)[1]
@@ -270,12 +274,16 @@ def run_training(opts):
     def sequence_loss(x, targets):
         return model(x, targets)[1]
 
+    def query_loss(x, targets):
+        return query(x, targets)[1]
+
     def encoder_only(x, _):
         return baseline.clip.visual(x, all_tokens=True).square().mean()
 
     times = {}
-    for name, module, loss_fn, y in (("SequencePAR", model, sequence_loss, targets), ("BCE head", baseline, bce_loss,
-                                     targets), ("encoder", baseline, encoder_only, None)):
+    steps = (("SequencePAR", model, sequence_loss, targets), ("query", query, query_loss, targets),
+             ("BCE head", baseline, bce_loss, targets), ("encoder", baseline, encoder_only, None))
+    for name, module, loss_fn, y in steps:
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         step_fn = torch.compile(loss_fn) if opts.compile else loss_fn
@@ -289,9 +297,11 @@ def run_training(opts):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         times[name], _ = timed(train_step, reps, cuda)
-    t_seq, t_bce, t_enc = times["SequencePAR"], times["BCE head"], times["encoder"]
+    t_seq, t_query, t_bce, t_enc = times["SequencePAR"], times["query"], times["BCE head"], times["encoder"]
     print(f"{'training step, SequencePAR':40s} {B / t_seq:9.2f} images/s   fwd, bwd, clipping, AdamW: "
-          f"{t_seq / t_bce:.2f}x the BCE head's time")
+          f"{t_seq / t_bce:.2f}x the BCE head's time, {t_seq / t_query:.2f}x the query head's")
+    print(f"{'training step, query head':40s} {B / t_query:9.2f} images/s   the same decoder, every attribute at once: "
+          f"{t_query / t_bce:.2f}x the BCE head's time")
     print(f"{'training step, linear BCE head':40s} {B / t_bce:9.2f} images/s   the same encoder, its pooled token, "
           f"no text tower or decoder")
     print(f"{'image encoder fwd + bwd, all tokens':40s} {B / t_enc:9.2f} images/s   {100 * t_enc / t_seq:.0f}% of the "

@@ -13,7 +13,7 @@ import torch
 
 import clip
 from cli import MissingFile, UserError
-from decoder import DecoderConfig, LinearHead, SequencePAR
+from decoder import DecoderConfig, LinearHead, QueryHead, SequencePAR
 
 
 def save_atomic(path, write, tmp=None):
@@ -60,17 +60,18 @@ def load_checkpoint(path):
 
 
 def model_from_checkpoint(ckpt, path):
-    """The model a checkpoint was trained as (SequencePAR, or the linear head of --head=linear), rebuilt from its
-    configs, prompts and weights alone."""
+    """The model a checkpoint was trained as (SequencePAR, or the head of --head=query or --head=linear), rebuilt from
+    its configs, prompts and weights alone."""
     head = ckpt.get("head", "sequencepar")  # (checkpoints from before the linear head have no "head")
-    if head not in ("sequencepar", "linear"):
-        raise UserError(f"{path} holds a model with head {head!r}; this code knows sequencepar and linear")
+    if head not in ("sequencepar", "query", "linear"):
+        raise UserError(f"{path} holds a model with head {head!r}; this code knows sequencepar, query and linear")
     try:
         if head == "linear":
             model = LinearHead(clip.CLIP(clip.CLIPConfig(**ckpt["clip_config"]), text=False), len(ckpt["attr_names"]))
         else:
-            model = SequencePAR(clip.CLIP(clip.CLIPConfig(**ckpt["clip_config"])), ckpt["prompts"],
-                                DecoderConfig(**ckpt["decoder_config"]))
+            decoder = SequencePAR if head == "sequencepar" else QueryHead
+            model = decoder(clip.CLIP(clip.CLIPConfig(**ckpt["clip_config"])), ckpt["prompts"],
+                            DecoderConfig(**ckpt["decoder_config"]))
         model.load_state_dict(ckpt["model"])
     except (TypeError, RuntimeError) as e:  # from another version of the model
         # load_state_dict's message: a header line, then one line per kind of mismatch; we keep the first of those

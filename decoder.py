@@ -9,8 +9,8 @@ CLIP turns the image into L tokens and each attribute's prompt into one vector; 
   or `<bos>`) with i+1 .. m-1 decided absent, P(y_m = 1) = p(m | s) / (p(<eos> | s) + sum_{k >= m} p(k | s)),
   appending m when it is above a threshold. It scores every attribute, at the same cost in decoder steps.
 `generate_simple` and `generate_chain_simple` are the definitions, `generate` the same with a KV cache, and beam
-search. At the end, `LinearHead`: the multi-label classifier SequencePAR replaces, with the same interface, the
-baseline of our experiments.
+search. At the end, the two heads our experiments compare it with, with the same interface: `LinearHead`, the
+multi-label classifier SequencePAR replaces, and `QueryHead`, SequencePAR's decoder with the autoregression taken out.
 
 Shapes: B batch, T attribute positions, L image tokens, D width (CLIP's embed dim), nh heads, hs head size,
 A attributes, V = A + 3 vocabulary (`<bos>`, `<eos>`, `<pad>`, then attribute i as id 3 + i).
@@ -37,11 +37,12 @@ class DecoderConfig:
 
 
 class SelfAttention(nn.Module):
-    """Causal self-attention over attribute positions, with an optional KV cache for decoding."""
+    """Self-attention over attribute positions: causal, with an optional KV cache for decoding (SequencePAR), or every
+    position seeing every other (causal=False: the query head, whose positions are all inputs, none a prediction)."""
 
-    def __init__(self, n_embd, config):
+    def __init__(self, n_embd, config, causal=True):
         super().__init__()
-        self.n_head, self.dropout = config.n_head, config.dropout
+        self.n_head, self.dropout, self.causal = config.n_head, config.dropout, causal
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=config.bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -57,7 +58,7 @@ class SelfAttention(nn.Module):
             k, v = cache["k"][:, :, :start + T], cache["v"][:, :, :start + T]
         # A prefix fed at once needs the mask; a single new token sees everything cached. We test `cache is None`
         # first: in training, torch.compile may make T symbolic, and SDPA takes only a real bool, not `T > 1`.
-        causal = cache is None or T > 1
+        causal = self.causal and (cache is None or T > 1)
         assert start == 0 or not causal, "prefixes are fed only from position 0"
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))
@@ -107,10 +108,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd, config):
+    def __init__(self, n_embd, config, causal=True):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, bias=config.bias)
-        self.attn = SelfAttention(n_embd, config)
+        self.attn = SelfAttention(n_embd, config, causal)
         self.ln_2 = nn.LayerNorm(n_embd, bias=config.bias)
         self.cross_attn = CrossAttention(n_embd, config)
         self.ln_3 = nn.LayerNorm(n_embd, bias=config.bias)
@@ -157,12 +158,15 @@ def beam_step(beam_logp, logp, K):
     return beam_logp.flatten(), src.flatten(), (best % V).flatten()
 
 
-class SequencePAR(nn.Module):
-    def __init__(self, clip_model, prompts, config, pos_rates=None):
+class AttributeDecoder(nn.Module):
+    """What SequencePAR and the query head share: CLIP, each attribute's prompt turned into a token by the text encoder
+    (section 3.2), and a stack of decoder blocks over those tokens that attend to every image token."""
+
+    def __init__(self, clip_model, prompts, config, n_positions, n_special=0, causal=True):
         super().__init__()
         self.config, self.n_attr = config, len(prompts)
         self.clip = clip_model
-        D, A = clip_model.config.embed_dim, len(prompts)
+        D = clip_model.config.embed_dim
         # Prompt tokens cut to the longest prompt (its EOT position + 1): the text encoder is causal and pools at
         # EOT, so the cut is exact and saves most of the 77 positions.
         tokens = tokenize(prompts, context_length=clip_model.config.context_length)
@@ -175,22 +179,21 @@ class SequencePAR(nn.Module):
         self.register_buffer("prompt_tokens", ids, persistent=False)
         self.prompt_embedding = nn.Parameter(clip_model.token_embedding.weight.detach()[vocab].clone())
         clip_model.token_embedding.requires_grad_(False)
+        # SequencePAR's <bos>, <eos>, <pad> (the attribute tokens come from the text encoder); n_positions inputs
+        specials = dict(wte=nn.Embedding(n_special, D)) if n_special else {}
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(N_SPECIAL, D),  # <bos>, <eos>, <pad>; attributes are embedded by the text encoder
-            wpe=nn.Embedding(A + 1, D),      # inputs are <bos> and at most A attributes
+            **specials,
+            wpe=nn.Embedding(n_positions, D),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(D, config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(D, config, causal) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(D, bias=config.bias),
         ))
-        self.lm_head = nn.Linear(D, A + N_SPECIAL, bias=False)
-        # the paper's weighted NLL (section 3.4): positive token j weighs exp(1 - r_j), r_j its training positive rate
-        weight = torch.ones(A + N_SPECIAL)
-        if pos_rates is not None:
-            weight[N_SPECIAL:] = torch.exp(1 - torch.as_tensor(pos_rates, dtype=torch.float))
-        self.register_buffer("loss_weight", weight)
+
+    def init_decoder(self):
         # Initialisation of the decoder only (CLIP keeps its own, possibly pretrained, weights). Linear layers get
         # std D^-0.5 as in CLIP's transformers, so activations stay of order one at any width; nanoGPT's fixed 0.02
         # equals that only for D ~ 2500, and is far too small for a narrow decoder, whose blocks then start near zero.
+        D = self.clip.config.embed_dim
         for module in self.transformer.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=D ** -0.5)
@@ -200,38 +203,66 @@ class SequencePAR(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
         for name, p in self.transformer.named_parameters():
             if name.endswith("c_proj.weight"):  # the three residual branches of each block shrink with depth
-                nn.init.normal_(p, std=D ** -0.5 / math.sqrt(3 * config.n_layer))
-        nn.init.normal_(self.lm_head.weight, std=0.02)  # near-uniform first predictions
+                nn.init.normal_(p, std=D ** -0.5 / math.sqrt(3 * self.config.n_layer))
 
-    def token_table(self):
-        # (V, D) embedding of every id: the learned specials, then the CLIP text features of the prompts (section
-        # 3.2). We encode the prompts afresh on every call, so the table always follows the weights: cut to their
-        # longest prompt, the A prompts cost little beside the image encoder.
-        # Every token is a unit vector, as CLIP compares its features. Raw text features are far larger than the
-        # decoder's other embeddings (std 0.02), and in a pre-norm stack such a token would drown what the blocks add
-        # to it: the image would hardly reach the logits.
-        text = self.clip.encode_text(self.prompt_tokens, self.prompt_embedding)
-        return F.normalize(torch.cat([self.transformer.wte.weight, text]), dim=-1)
+    def text_features(self):
+        # (A, D): the CLIP text feature of every prompt (section 3.2). We encode the prompts afresh on every call, so
+        # the tokens always follow the weights: cut to their longest prompt, the A prompts cost little beside the
+        # image encoder.
+        return self.clip.encode_text(self.prompt_tokens, self.prompt_embedding)
 
-    def decode(self, idx, kvs, table, cache=None, start=0, attention=False):
-        # idx (B, T): ids at positions start .. start + T - 1; kvs: per layer, the image tokens' keys and values.
-        # attention=True: the cross-attention takes the written-out path, and decode also returns its weights, a
-        # list of one (B, nh, T, L) per layer
-        pos = torch.arange(start, start + idx.shape[1], device=idx.device)
-        x = self.transformer.drop(F.embedding(idx, table) + self.transformer.wpe(pos))  # (B, T, D)
+    def attribute_tokens(self):
+        # (A, D): every attribute token is a unit vector, as CLIP compares its features. Raw text features are far
+        # larger than the decoder's other embeddings (std 0.02), and in a pre-norm stack such a token would drown what
+        # the blocks add to it: the image would hardly reach the logits.
+        return F.normalize(self.text_features(), dim=-1)
+
+    def memory_kv(self, images):
+        # the image tokens' keys and values for every layer's cross-attention: a list of (k, v), each (B, nh, L, hs)
+        memory = self.clip.encode_image(images, all_tokens=True)  # (B, L, D), section 3.2
+        return [block.cross_attn.memory_kv(memory) for block in self.transformer.h]
+
+    def blocks(self, x, kvs, cache=None, start=0, attention=False):
+        # x (B, T, D): the embedded inputs at positions start .. start + T - 1; kvs: per layer, the image tokens' keys
+        # and values. Returns the last block's output after ln_f, (B, T, D), and with attention=True (the
+        # cross-attention's written-out path) its weights, one (B, nh, T, L) per layer, else an empty list.
+        x = self.transformer.drop(x)
         atts = []
         for i, block in enumerate(self.transformer.h):
             x = block(x, kvs[i], None if cache is None else cache[i], start, weights=attention)
             if attention:
                 x, att = x
                 atts.append(att)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
-        return (logits, atts) if attention else logits
+        return self.transformer.ln_f(x), atts
 
-    def memory_kv(self, images):
-        # the image tokens' keys and values for every layer's cross-attention: a list of (k, v), each (B, nh, L, hs)
-        memory = self.clip.encode_image(images, all_tokens=True)  # (B, L, D), section 3.2
-        return [block.cross_attn.memory_kv(memory) for block in self.transformer.h]
+
+class SequencePAR(AttributeDecoder):
+    def __init__(self, clip_model, prompts, config, pos_rates=None):
+        A = len(prompts)
+        # the inputs are <bos> and at most A attributes
+        super().__init__(clip_model, prompts, config, n_positions=A + 1, n_special=N_SPECIAL)
+        self.lm_head = nn.Linear(clip_model.config.embed_dim, A + N_SPECIAL, bias=False)
+        # the paper's weighted NLL (section 3.4): positive token j weighs exp(1 - r_j), r_j its training positive rate
+        weight = torch.ones(A + N_SPECIAL)
+        if pos_rates is not None:
+            weight[N_SPECIAL:] = torch.exp(1 - torch.as_tensor(pos_rates, dtype=torch.float))
+        self.register_buffer("loss_weight", weight)
+        self.init_decoder()
+        nn.init.normal_(self.lm_head.weight, std=0.02)  # near-uniform first predictions
+
+    def token_table(self):
+        # (V, D) embedding of every id: the learned specials, then the attribute tokens; every row a unit vector, as
+        # in attribute_tokens
+        return F.normalize(torch.cat([self.transformer.wte.weight, self.text_features()]), dim=-1)
+
+    def decode(self, idx, kvs, table, cache=None, start=0, attention=False):
+        # idx (B, T): ids at positions start .. start + T - 1; kvs: per layer, the image tokens' keys and values.
+        # attention=True: the cross-attention takes the written-out path, and decode also returns its weights, a
+        # list of one (B, nh, T, L) per layer
+        pos = torch.arange(start, start + idx.shape[1], device=idx.device)
+        x, atts = self.blocks(F.embedding(idx, table) + self.transformer.wpe(pos), kvs, cache, start, attention)
+        logits = self.lm_head(x)  # (B, T, V)
+        return (logits, atts) if attention else logits
 
     def forward(self, images, targets):
         # targets (B, A + 2) from labels_to_targets. Columns past the longest sequence in the batch hold only
@@ -387,19 +418,12 @@ class SequencePAR(nn.Module):
         return targets_to_labels(seq, A), probs[:, N_SPECIAL:]
 
 
-class LinearHead(nn.Module):
-    """The baseline SequencePAR argues against: multi-label classification, as in Rethinking-of-PAR (arXiv
-    2005.11909). CLIP's image embedding (the class token after ln_post and proj) goes through one linear layer to A
-    logits; each is a sigmoid, trained with binary cross-entropy and predicted positive above 0.5. Every attribute is
-    decided on its own from one pooled vector. SequencePAR replaces this layer by the decoder: the attributes are
-    generated one after the other, each conditioned on those emitted before it, through cross-attention over every
-    image token, and their query tokens come from the text encoder (which this head does not need). The interface is
-    SequencePAR's: forward(images, targets) -> (logits, loss), generate(images) -> (pred, scores)."""
+class MultiLabel:
+    """What the two multi-label heads share, mixed into a module that defines logits(images) -> (B, A): one sigmoid per
+    attribute, trained with binary cross-entropy and predicted positive above a threshold, every attribute scored. The
+    interface is SequencePAR's: forward(images, targets) -> (logits, loss), generate(images) -> (pred, scores)."""
 
-    def __init__(self, clip_model, n_attr, pos_rates=None):
-        super().__init__()
-        self.clip, self.n_attr = clip_model, n_attr
-        self.fc = nn.Linear(clip_model.config.embed_dim, n_attr)
+    def register_bce_weights(self, n_attr, pos_rates):
         # Rethinking-of-PAR's weighting: a positive of attribute j weighs exp(1 - r_j), a negative exp(r_j), with r_j
         # its training positive rate, so the rare side of each attribute counts more; without rates, all weigh 1
         rates = torch.as_tensor(pos_rates, dtype=torch.float) if pos_rates is not None else None
@@ -409,7 +433,7 @@ class LinearHead(nn.Module):
     def forward(self, images, targets):
         # targets (B, A + 2) as SequencePAR takes them; here they only say which attributes hold
         labels = targets_to_labels(targets, self.n_attr).float()  # (B, A)
-        logits = self.fc(self.clip.encode_image(images))  # (B, A)
+        logits = self.logits(images)  # (B, A)
         weight = torch.where(labels.bool(), self.pos_weight, self.neg_weight)
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels, weight=weight, reduction="none")
         return logits, loss.sum(1).mean()  # summed over attributes, averaged over images, as Rethinking-of-PAR does
@@ -418,5 +442,48 @@ class LinearHead(nn.Module):
     def generate(self, images, beam_size=1, rule="greedy", threshold=0.5, unweight=False):
         """pred (B, A) in {0, 1}: sigmoid above threshold; scores (B, A): every attribute's probability. There is no
         sequence to search or to read by the chain rule, so beam_size, rule and unweight change nothing."""
-        probs = self.fc(self.clip.encode_image(images)).float().sigmoid()
+        probs = self.logits(images).float().sigmoid()
         return (probs > threshold).to(torch.uint8), probs
+
+
+class LinearHead(MultiLabel, nn.Module):
+    """The baseline SequencePAR argues against: multi-label classification, as in Rethinking-of-PAR (arXiv
+    2005.11909). CLIP's image embedding (the class token after ln_post and proj) goes through one linear layer to A
+    logits, weighted BCE. Every attribute is decided on its own from one pooled vector. SequencePAR replaces this layer
+    by the decoder: the attributes are generated one after the other, each conditioned on those emitted before it,
+    through cross-attention over every image token, and their query tokens come from the text encoder (which this
+    head does not need)."""
+
+    def __init__(self, clip_model, n_attr, pos_rates=None):
+        super().__init__()
+        self.clip, self.n_attr = clip_model, n_attr
+        self.fc = nn.Linear(clip_model.config.embed_dim, n_attr)
+        self.register_bce_weights(n_attr, pos_rates)
+
+    def logits(self, images):
+        return self.fc(self.clip.encode_image(images))  # (B, A)
+
+
+class QueryHead(MultiLabel, AttributeDecoder):
+    """SequencePAR without the autoregression, as Query2Label (arXiv 2107.10834) and ML-Decoder (arXiv 2111.12933)
+    decode: the same blocks, widths, depth, dropout and attribute tokens, but all A attribute tokens enter at once,
+    attribute m at position m, with no causal mask and no labels as input (each sees the others' queries, never their
+    answers); each position's output gives its attribute's logit, trained with the linear head's weighted BCE. It
+    differs from SequencePAR only in generation: SequencePAR against this head measures what autoregression adds, and
+    this head against the linear one what cross-attention over the image tokens, with text queries, adds."""
+
+    def __init__(self, clip_model, prompts, config, pos_rates=None):
+        A, D = len(prompts), clip_model.config.embed_dim
+        super().__init__(clip_model, prompts, config, n_positions=A, causal=False)
+        # Query2Label's group-wise linear: attribute m's logit is w_m . x_m + b_m, from its own position alone
+        self.fc = nn.ParameterDict(dict(weight=nn.Parameter(torch.empty(A, D)), bias=nn.Parameter(torch.zeros(A))))
+        self.register_bce_weights(A, pos_rates)
+        self.init_decoder()
+        nn.init.normal_(self.fc.weight, std=0.02)  # near-uniform first predictions, as SequencePAR's lm_head
+
+    def logits(self, images, attention=False):
+        # (B, A); attention=True: also each layer's cross-attention weights, one (B, nh, A, L) per layer
+        x = (self.attribute_tokens() + self.transformer.wpe.weight).expand(images.shape[0], -1, -1)  # (B, A, D)
+        x, atts = self.blocks(x, self.memory_kv(images), attention=attention)
+        logits = (x * self.fc.weight).sum(-1) + self.fc.bias  # (B, A)
+        return (logits, atts) if attention else logits

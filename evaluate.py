@@ -6,12 +6,12 @@ Score a checkpoint of train.py on a split of its dataset.
     python evaluate.py --ckpt=out/ckpt.pt --rule=chain --threshold=0.3
 
 Decodes as the checkpoint's training run did unless told otherwise (--rule, --threshold, --unweight, --beam_size).
-Prints the standard PAR metrics (and mAP where the scores cover every attribute: the chain rule, the linear head),
-the predicted and true attributes per image, and a table per attribute, and writes beside the checkpoint (or in
---out_dir) what a paper table or an analysis starts from: metrics_<split>.json, every prediction and its score in
-predictions_<split>.csv, the attribute tokens' similarity matrix as similarity.png and similarity.csv (SequencePAR's;
-the linear head has no attribute tokens) and the images it gets most wrong in failures_<split>.png. Every training
-run ends with the same `evaluate` on its test split.
+Prints the standard PAR metrics (and mAP where the scores cover every attribute: the chain rule, the query and linear
+heads), the predicted and true attributes per image, and a table per attribute, and writes beside the checkpoint (or
+in --out_dir) what a paper table or an analysis starts from: metrics_<split>.json, every prediction and its score in
+predictions_<split>.csv, the attribute tokens' similarity matrix as similarity.png and similarity.csv (SequencePAR's
+and the query head's; the linear head has no attribute tokens) and the images it gets most wrong in
+failures_<split>.png. Every training run ends with the same `evaluate` on its test split.
 
 Shapes: N images, A attributes.
 """
@@ -32,7 +32,7 @@ import cli
 from cli import UserError
 from checkpoint import check_attributes, load_checkpoint, model_from_checkpoint, save_atomic
 from data import load_dataset
-from decoder import N_SPECIAL, SequencePAR
+from decoder import AttributeDecoder, SequencePAR
 from pixels import PARImages, check_images, read_image
 from run import hold_folder
 
@@ -100,8 +100,8 @@ def decoding_options(cfg):
 
 
 def scores_every_attribute(model, decoding):
-    # the linear head scores every attribute, and so does SequencePAR under the chain rule; greedy decoding gives a
-    # score only to what it emits
+    # the query and linear heads score every attribute, and so does SequencePAR under the chain rule; greedy decoding
+    # gives a score only to what it emits
     return not isinstance(model, SequencePAR) or decoding["rule"] == "chain"
 
 
@@ -286,9 +286,9 @@ def evaluate(model, data, split, batches, out_dir, source, decoding, device="cpu
     title = title or f"{source['checkpoint']}, step {source['step']}"
     log(f"{split} ({title}, {len(indices)} images, {describe(model, decoding)}): " + report(names, gt, pred, ap))
     written = [f"metrics_{split}.json", f"predictions_{split}.csv"]
-    if isinstance(model, SequencePAR):  # its attribute tokens; the linear head has none
+    if isinstance(model, AttributeDecoder):  # the attribute tokens of SequencePAR or the query head (linear: none)
         with torch.no_grad():
-            picture, sim = similarity_figure(names, model.token_table()[N_SPECIAL:])
+            picture, sim = similarity_figure(names, model.attribute_tokens())
         save_picture(picture, os.path.join(out_dir, "similarity.png"))
         rows = [["attribute"] + names] + [[n] + [f"{v:.6f}" for v in r] for n, r in zip(names, sim)]
         save_text(os.path.join(out_dir, "similarity.csv"), "".join(",".join(r) + "\n" for r in rows))

@@ -171,13 +171,13 @@ def normalize(x):
     return (x.float() / 255 - mean[:, None, None]) / std[:, None, None]
 
 
-def augment(x, pad, shifts=None, flips=None):
+def augment(x, pad, shifts=None, flips=None, generator=None):
     """The training transform's random part on a batch of uint8 images (B, 3, size, size): Pad(pad) with black, a
     random size x size crop and a random horizontal flip, as in build_transform, then normalize. shifts (B, 2) (top, left) and
-    flips (B,) bool may be given; by default they are drawn from torch's generator."""
+    flips (B,) bool may be given; by default they are drawn from `generator` (torch's global one if None)."""
     B, _, size, _ = x.shape
-    shifts = torch.randint(0, 2 * pad + 1, (B, 2)) if shifts is None else shifts
-    flips = torch.rand(B) < 0.5 if flips is None else flips
+    shifts = torch.randint(0, 2 * pad + 1, (B, 2), generator=generator) if shifts is None else shifts
+    flips = torch.rand(B, generator=generator) < 0.5 if flips is None else flips
     x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     rows = (shifts[:, 0, None] + torch.arange(size))[:, None, :, None]  # (B, 1, size, 1)
     cols = shifts[:, 1, None] + torch.arange(size)  # (B, size)
@@ -189,10 +189,14 @@ def augment(x, pad, shifts=None, flips=None):
 
 
 def make_batches(cfg, data, size, sampler, cuda):
-    """The training batches, without end, and a function that gives a split's evaluation batches: through a
-    DataLoader of PIL transforms, or with --preload=True cut from one uint8 tensor of every image, augmented on whole
-    batches (the same pad, crop and flip), which spares a small model the per-image Python of the PIL pipeline."""
+    """The training batches, without end, a function that gives a split's evaluation batches, and the generator the
+    augmentation draws from (a resumed run restores its state). The batches come through a DataLoader of PIL
+    transforms, or with --preload=True are cut from one uint8 tensor of every image, augmented on whole batches (the
+    same pad, crop and flip), which spares a small model the per-image Python of the PIL pipeline."""
     eval_size = 2 * sampler.batch_size
+    # The augmentation draws from a generator of its own, seeded from the run's seed and the process's rank alone:
+    # every head of one seed sees the same crops and flips, whatever it draws for its weights and its dropout.
+    generator = torch.Generator().manual_seed(cfg.seed + sampler.rank)
     if cfg.preload:
         pixels, labels = load_images(data.image_paths, size), torch.from_numpy(data.labels)
         train = torch.from_numpy(data.splits["train"])
@@ -200,17 +204,33 @@ def make_batches(cfg, data, size, sampler, cuda):
         def train_batches():
             for batch in sampler:
                 chosen = train[batch]
-                yield augment(pixels[chosen], crop_pad(size)), labels[chosen]
+                yield augment(pixels[chosen], crop_pad(size), generator=generator), labels[chosen]
 
         def eval_batches(split):
             return ((normalize(pixels[i]), labels[i]) for i in torch.from_numpy(data.splits[split]).split(eval_size))
-        return train_batches(), eval_batches
+        return train_batches(), eval_batches, generator
     loader_args = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0,
                        worker_init_fn=worker_init)
+    # The PIL transforms draw from torch's global generator, in whichever process runs them. With workers, that is
+    # each worker's, seeded from a number the loader draws from `generator`: paired between heads, but a resumed run's
+    # workers start their streams again. Without, it is the main process's, which dropout also draws from: we lend
+    # the transforms our generator's state for each batch, so they are paired, and resumed exactly, too.
     train_loader = torch.utils.data.DataLoader(PARImages(data, data.splits["train"], size, train=True),
-                                               batch_sampler=sampler, **loader_args)
-    return iter(train_loader), lambda split: torch.utils.data.DataLoader(
-        PARImages(data, data.splits[split], size, train=False), eval_size, **loader_args)
+                                               batch_sampler=sampler, generator=generator, **loader_args)
+    train_batches = iter(train_loader)
+
+    def in_this_process():
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(generator.get_state())
+                batch = next(train_batches)
+                generator.set_state(torch.get_rng_state())
+            yield batch
+
+    def eval_batches(split):
+        return torch.utils.data.DataLoader(PARImages(data, data.splits[split], size, train=False), eval_size,
+                                           **loader_args)
+    return (train_batches if cfg.workers else in_this_process()), eval_batches, generator
 
 
 class EpochBatches(torch.utils.data.Sampler):

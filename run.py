@@ -90,17 +90,20 @@ def prepare_out_dir(cfg):
 
 def check_resume(ckpt, path, model, attr_names, prompts, head):
     check_attributes(ckpt, path, attr_names, "use another --out_dir")
-    # (the linear head reads no prompts)
-    changed = [(n, then, now) for n, then, now in zip(attr_names, ckpt["prompts"], prompts) if then != now
-               and head == "sequencepar"]
+    trained = ckpt.get("head", "sequencepar")
+    if trained != head:
+        raise UserError(f"{path} holds a model of --head={trained}, not --head={head}; resume with --head={trained}, "
+                        f"or use another --out_dir")
+    # (the linear head reads no prompts and has no decoder)
+    text = head != "linear"
+    changed = [(n, then, now) for n, then, now in zip(attr_names, ckpt["prompts"], prompts) if then != now and text]
     if changed:
         n, then, now = changed[0]
         raise UserError(f"{path} was trained with another prompt for {n} ({then!r}, now {now!r})"
                         + (f" and for {len(changed) - 1} more attributes" if len(changed) > 1 else "")
                         + "; restore prompts.csv, or use another --out_dir")
-    now = {**dataclasses.asdict(model.clip.config), **(dataclasses.asdict(model.config) if head == "sequencepar" else {}),
-           "head": head}
-    then = {**ckpt["clip_config"], **ckpt["decoder_config"], "head": ckpt.get("head", "sequencepar")}
+    now = {**dataclasses.asdict(model.clip.config), **(dataclasses.asdict(model.config) if text else {})}
+    then = {**ckpt["clip_config"], **ckpt["decoder_config"]}
     changed = [f"{k} {then.get(k)} (now {v})" for k, v in now.items() if then.get(k) != v and k != "dropout"]
     if changed:
         raise UserError(f"{path} holds another model: {', '.join(changed)}; resume with the options it was trained "
@@ -122,8 +125,9 @@ def finished_at(out_dir):
 
 def resume(path, model, optimizer, data, cfg, eval_split, log=print):
     """Loads the state of an interrupted run at `path` into model and optimizer, once it is known to be the same model
-    on the same attributes. Returns the run's state (step, best_mA, selected, train_s, eval_s, rng, and evaluated: the
-    step, or -1 for a state a stop signal saved), or None for a run that trained all its steps and was tested."""
+    on the same attributes. Returns the run's state (step, best_mA, selected, train_s, eval_s, rng, aug_rng, and
+    evaluated: the step, or -1 for a state a stop signal saved), or None for a run that trained all its steps and was
+    tested."""
     ckpt = load_checkpoint(path)
     lacks = sorted({"optimizer", "metrics", "best_mA", "selected", "train_s", "eval_s", "rng"} - ckpt.keys())
     if lacks:
@@ -142,11 +146,12 @@ def resume(path, model, optimizer, data, cfg, eval_split, log=print):
         # this state was selected when it was evaluated, and ckpt.pt is written after last.pt: a run killed between the
         # two writes left an older ckpt.pt, so we write it again
         best = os.path.join(cfg.out_dir, "ckpt.pt")
-        save_atomic(best, lambda f: torch.save({k: v for k, v in ckpt.items() if k not in ("optimizer", "rng")}, f))
+        kept = {k: v for k, v in ckpt.items() if k not in ("optimizer", "rng", "aug_rng")}
+        save_atomic(best, lambda f: torch.save(kept, f))
     log(f"resumed from {path} at step {step} (" + (f"best {eval_split} mA so far {ckpt['best_mA']:.2f}"
         if ckpt["best_mA"] >= 0 else f"model selected at step {ckpt['selected']}" if ckpt["selected"] >= 0
         else "not evaluated yet") + f", {ckpt['train_s']:.1f} s of training)")
-    return dict(step=step, evaluated=step if evaluated else -1,
+    return dict(step=step, evaluated=step if evaluated else -1, aug_rng=ckpt.get("aug_rng"),
                 **{k: ckpt[k] for k in ("best_mA", "selected", "train_s", "eval_s", "rng")})
 
 

@@ -1,13 +1,13 @@
 """
-Predict the attributes of people in photos with a checkpoint of train.py (SequencePAR, or the linear head).
+Predict the attributes of people in photos with a checkpoint of train.py (SequencePAR, the query or the linear head).
 
     python sample.py img.jpg [more.jpg a/folder ...] [--ckpt=out/ckpt.pt] [--json=True] [--out_dir=DIR]
     python sample.py img.jpg --attention=True       # where the decoder looked, per attribute, in out/samples
 
 Without --ckpt it takes out/ckpt.pt (your own run), or else out/demo/ckpt.pt (make demo's), and says which. Prints,
 per image, the attributes the model predicts with the probability it gave each, then, where every attribute is
-scored (the chain rule, the linear head), the others with theirs; --json=True adds them as "scores". One bad image is
-reported and the others go on.
+scored (the chain rule, the query and linear heads), the others with theirs; --json=True adds them as "scores". One
+bad image is reported and the others go on.
 """
 import json
 import os
@@ -24,7 +24,7 @@ import clip
 from checkpoint import load_checkpoint, model_from_checkpoint
 from evaluate import DECODING, decoding_options, scores_every_attribute
 from pixels import build_transform, read_image
-from decoder import SequencePAR, labels_to_targets
+from decoder import LinearHead, QueryHead, labels_to_targets
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -35,7 +35,7 @@ class SampleConfig:
     json: bool = False            # one JSON document instead of text
     out_dir: str = ""             # a folder for each image drawn with its attributes beside it
     attention: bool = False       # also a picture per image of the decoder's cross-attention over the image patches
-                                  # for each emitted attribute (in out_dir, out/samples by default)
+                                  # for each predicted attribute (in out_dir, out/samples by default)
     layers: str = "last"          # the attention of the last decoder layer, or "all": their mean
     # the decoding: by default as the checkpoint's training run decoded (train.py's options of the same names)
     rule: str = "chain"
@@ -51,8 +51,9 @@ class SampleConfig:
 
 
 def load_model(path, device="cpu", compile=False, ckpt=None):
-    """The model of a train.py checkpoint (SequencePAR or the linear head), rebuilt from the checkpoint alone, with its
-    attribute names, in eval mode; with compile=True, its image encoder compiled. ckpt: the checkpoint, if read."""
+    """The model of a train.py checkpoint (SequencePAR, the query or the linear head), rebuilt from the checkpoint
+    alone, with its attribute names, in eval mode; with compile=True, its image encoder compiled. ckpt: the
+    checkpoint, if read."""
     ckpt = ckpt or load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).to(device).eval()
     if compile:
@@ -119,9 +120,15 @@ def collate(items):
 
 @torch.no_grad()
 def attention_maps(model, images, pred, layers="last"):
-    """(B, A + 1, grid, grid): for each output position, the decoder's cross-attention over the image patches
-    (class token dropped), averaged over heads and over the last or all layers, with the predictions fed back in."""
-    _, atts = model.decode(labels_to_targets(pred)[:, :-1], model.memory_kv(images), model.token_table(), attention=True)
+    """For each decoder position, its cross-attention over the image patches (class token dropped), averaged over
+    heads and over the last or all layers: SequencePAR's (B, A + 1, grid, grid), with the predictions fed back in
+    (position k decides the (k + 1)-th emitted attribute), or the query head's (B, A, grid, grid), position j
+    attribute j's."""
+    if isinstance(model, QueryHead):
+        _, atts = model.logits(images, attention=True)
+    else:
+        _, atts = model.decode(labels_to_targets(pred)[:, :-1], model.memory_kv(images), model.token_table(),
+                               attention=True)
     att = torch.stack(atts if layers == "all" else atts[-1:]).mean((0, 2))[:, :, 1:]  # (B, T, L - 1)
     grid = int(att.shape[-1] ** 0.5)
     return att.view(*att.shape[:2], grid, grid)
@@ -140,7 +147,7 @@ def draw_labels(path, items, height=256):
 
 
 def draw_attention(image, maps, names, tile=128):
-    # one tile per emitted attribute: the (square-padded) input with its attention map as a red overlay
+    # one tile per predicted attribute: the (square-padded) input with its attention map as a red overlay
     base = image.resize((tile, tile))
     tiles = []
     for m, name in zip(maps, names):
@@ -187,7 +194,7 @@ def main(argv):
                                                 for k in DECODING}))
     model, names = load_model(opts.ckpt, device, opts.compile, ckpt)
     every = scores_every_attribute(model, decoding)
-    if opts.attention and not isinstance(model, SequencePAR):
+    if opts.attention and isinstance(model, LinearHead):
         raise UserError(f"--attention=True: {opts.ckpt} has the linear head; attention maps need the decoder")
     paths = find_images(inputs, skip=opts.out_dir or None)
     if not paths:
@@ -208,16 +215,18 @@ def main(argv):
         for b, i in enumerate(idx):
             emitted = pred[b].nonzero().flatten().tolist()  # in id order, the order they were generated in
             results[i] = [(names[j], scores[b, j].item()) for j in emitted]
-            if every:  # the chain rule and the linear head score every attribute, the predicted ones and the others
+            if every:  # the chain rule and the query and linear heads score every attribute, predicted or not
                 all_scores[i] = {n: round(scores[b, j].item(), 6) for j, n in enumerate(names)}
             if opts.out_dir:
                 stem = os.path.join(opts.out_dir, f"{i:05d}_" + os.path.splitext(os.path.basename(paths[i]))[0])
                 draw_labels(paths[i], results[i]).save(stem + ".png")
                 if maps is not None:
-                    # position k - 1 is where the k-th emitted attribute was chosen
+                    # SequencePAR chose its k-th emitted attribute at position k - 1; the query head decides attribute j
+                    # at position j
                     shown = images[b].new_tensor(clip.STD)[:, None, None] * images[b] + images[b].new_tensor(clip.MEAN)[:, None, None]
                     shown = Image.fromarray((shown.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy())
-                    draw_attention(shown, maps[b, :len(emitted)].cpu(), [names[j] for j in emitted]).save(stem + "_attention.png")
+                    chosen = maps[b, emitted] if isinstance(model, QueryHead) else maps[b, :len(emitted)]
+                    draw_attention(shown, chosen.cpu(), [names[j] for j in emitted]).save(stem + "_attention.png")
     if opts.json:
         print(json.dumps([dict(image=printable(p), attributes=dict(results[i]),
                                **(dict(scores=all_scores[i]) if every else {})) if i in results else

@@ -4,6 +4,7 @@ Train SequencePAR on a pedestrian attribute dataset.
     python train.py --dataset=peta                  # the paper's recipe on PETA with CLIP ViT-L/14
     python train.py --dataset=synth                 # the synth preset: a tiny CLIP from scratch, minutes on a CPU
     python train.py --dataset=peta --head=linear    # the multi-label baseline: the same CLIP, one linear layer
+    python train.py --dataset=peta --head=query     # SequencePAR's decoder, every attribute at once, no autoregression
     torchrun --nproc_per_node=8 train.py --dataset=pa100k
     python train.py --help                          # every option and its default
 
@@ -30,7 +31,7 @@ from cli import UserError
 import clip
 from checkpoint import load_checkpoint, save_atomic
 from data import label_warnings, load_dataset
-from decoder import DecoderConfig, LinearHead, SequencePAR, labels_to_targets
+from decoder import DecoderConfig, LinearHead, QueryHead, SequencePAR, labels_to_targets
 from evaluate import decoding_options, evaluate, format_metrics, metrics, predict
 from pixels import EpochBatches, check_images, make_batches
 from run import CSVLog, Interrupt, prepare_out_dir, resume, run_steps
@@ -49,11 +50,12 @@ class TrainConfig:
     decode: bool = False          # open every image before training, not only check that it is there
     # model
     clip: str = "ViT-L/14"        # an official name, a CLIP checkpoint file, or "tiny" (small, random, no download)
-    head: str = "sequencepar"     # or "linear": the multi-label baseline, CLIP's image embedding -> Linear -> sigmoid
-    n_layer: int = 6              # the decoder's (SequencePAR only)
+    head: str = "sequencepar"     # or "query": SequencePAR's decoder fed every attribute at once, a sigmoid each; or
+                                  # "linear": the multi-label baseline, CLIP's image embedding -> Linear -> sigmoid
+    n_layer: int = 6              # the decoder's (SequencePAR and query)
     n_head: int = 8               # the decoder's attention heads; they divide CLIP's embedding width
     dropout: float = 0.1          # the decoder's
-    weighted_loss: bool = True    # rare attributes weigh more: the paper's weighted NLL, or weighted BCE for linear
+    weighted_loss: bool = True    # rare attributes weigh more: the paper's weighted NLL, or weighted BCE (query, linear)
     # optim: the paper's recipe
     epochs: float = 50.0          # passes over the train split; the run is epochs x (train images // batch_size) steps
     batch_size: int = 32          # in total, over all processes
@@ -124,7 +126,7 @@ def check_config(cfg):
              ("log_interval", cfg.log_interval > 0, "a positive number of steps"),
              ("workers", cfg.workers >= 0, "0 or more"),
              ("partition", cfg.partition >= 0, "0 or more"),
-             ("head", cfg.head in ("sequencepar", "linear"), "sequencepar or linear"),
+             ("head", cfg.head in ("sequencepar", "query", "linear"), "sequencepar, query or linear"),
              ("n_layer", cfg.n_layer >= 1, "1 or more"), ("n_head", cfg.n_head >= 1, "1 or more"),
              ("dropout", 0 <= cfg.dropout < 1, "a probability below 1")]
     for name, ok, expected in rules:
@@ -168,16 +170,17 @@ def read_data(cfg, master=True, log=print):
 
 
 def build_model(cfg, data):
-    text = cfg.head == "sequencepar"  # the linear head reads no prompts: no text encoder is built for it
+    text = cfg.head != "linear"  # the linear head reads no prompts: no text encoder is built for it
     clip_model = clip.CLIP(TINY_CLIP, text) if cfg.clip == "tiny" else clip.load(cfg.clip, text=text)
     rates = data.labels[data.splits["train"]].mean(0) if cfg.weighted_loss else None
     if cfg.head == "linear":
         return LinearHead(clip_model, len(data.attr_names), pos_rates=rates)
     check_heads(cfg.n_head, clip_model.config.embed_dim)
-    # CLIP's contrastive temperature is the one weight SequencePAR never uses. We freeze it: DDP expects a gradient
-    # for every trainable parameter, and AdamW's weight decay would otherwise shrink it for nothing.
+    # CLIP's contrastive temperature is the one weight the decoder heads never use. We freeze it: DDP expects a
+    # gradient for every trainable parameter, and AdamW's weight decay would otherwise shrink it for nothing.
     clip_model.logit_scale.requires_grad_(False)
-    return SequencePAR(clip_model, data.prompts, DecoderConfig(cfg.n_layer, cfg.n_head, cfg.dropout), pos_rates=rates)
+    head = SequencePAR if cfg.head == "sequencepar" else QueryHead
+    return head(clip_model, data.prompts, DecoderConfig(cfg.n_layer, cfg.n_head, cfg.dropout), pos_rates=rates)
 
 
 def configure_optimizer(model, cfg):
@@ -239,11 +242,15 @@ def main(argv):
         dist.barrier()
 
     model = build_model(cfg, data).to(device)
+    # Every head of one seed starts from the same image encoder (CLIP builds it first) and sees the same batches with
+    # the same augmentation (its own generator, in make_batches). What draws from torch's generator from here on, the
+    # heads' dropout, starts from the same state whatever the head drew for its own weights.
+    torch.manual_seed(cfg.seed + rank)
     raw_model = model
     optimizer, base_lrs = configure_optimizer(raw_model, cfg)
     # the run so far: the step, the best val mA and the step of the model in ckpt.pt (-1: none yet), the step whose
     # state was last evaluated, the seconds spent training and evaluating (over every start of the run)
-    state = dict(step=0, best_mA=-1.0, selected=-1, evaluated=0, train_s=0.0, eval_s=0.0, rng=None)
+    state = dict(step=0, best_mA=-1.0, selected=-1, evaluated=0, train_s=0.0, eval_s=0.0, rng=None, aug_rng=None)
     best_path, last_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "last.pt")
     if cfg.resume:
         resumed = resume(last_path, raw_model, optimizer, data, cfg, eval_split, log)
@@ -260,17 +267,21 @@ def main(argv):
     sampler = EpochBatches(len(data.splits["train"]), cfg.batch_size // world, cfg.seed, rank, world, start_step=step)
     if ddp and not master:  # the master decodes a --preload cache first
         dist.barrier()
-    train_batches, eval_batches = make_batches(cfg, data, raw_model.clip.config.image_resolution, sampler, cuda)
+    train_batches, eval_batches, augmentation = make_batches(cfg, data, raw_model.clip.config.image_resolution,
+                                                             sampler, cuda)
     if ddp and master:
         dist.barrier()
     if state["rng"] is not None:  # dropout and augmentation go on as if the run had never stopped (one process)
         torch.set_rng_state(state["rng"])
+    if state["aug_rng"] is not None:  # (None: a last.pt of an older train.py; the augmentation starts from its seed)
+        augmentation.set_state(state["aug_rng"])
 
     def checkpoint(metrics_now):
         return dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), metrics=metrics_now,
                     **{k: state[k] for k in ("step", "best_mA", "selected", "train_s", "eval_s")}, rng=torch.get_rng_state(),
-                    config=dataclasses.asdict(cfg), clip_config=dataclasses.asdict(raw_model.clip.config),
-                    decoder_config=dataclasses.asdict(raw_model.config) if cfg.head == "sequencepar" else {},
+                    aug_rng=augmentation.get_state(), config=dataclasses.asdict(cfg),
+                    clip_config=dataclasses.asdict(raw_model.clip.config),
+                    decoder_config=dataclasses.asdict(raw_model.config) if cfg.head != "linear" else {},
                     head=cfg.head, attr_names=list(data.attr_names), prompts=list(data.prompts), dataset=cfg.dataset)
 
     def save(state, path):
@@ -322,7 +333,7 @@ def main(argv):
                     saved = checkpoint(m)
                     save(saved, last_path)
                     if selected:
-                        save({k: v for k, v in saved.items() if k not in ("optimizer", "rng")}, best_path)
+                        save({k: v for k, v in saved.items() if k not in ("optimizer", "rng", "aug_rng")}, best_path)
                     note = (f"best, saved {best_path}" if eval_split == "val" else f"the last model, saved {best_path}") \
                         if selected else f"best mA {state['best_mA']:.2f}"
                     log(f"eval step {step} epoch {step / iters_per_epoch:.2f}: {eval_split} {format_metrics(m)} | {note}")

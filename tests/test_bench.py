@@ -64,7 +64,9 @@ def test_training_section_prints_every_figure(capsys):
     assert re.search(rf"^CPU, \d+ threads; the demo: tiny CLIP \(ViT {c.vision_layers} x {c.vision_width} at "
                      rf"{c.image_resolution} px\), decoder 2 x {c.embed_dim}, A = 22; batch 8", out, re.M)
     for row in (r"input: PIL transforms, one process", r"input: preloaded uint8, on batches",
-                r"training step, SequencePAR" + rate + r"\s+fwd, bwd, clipping, AdamW: \d+\.\d\dx the BCE head's time",
+                r"training step, SequencePAR" + rate + r"\s+fwd, bwd, clipping, AdamW: \d+\.\d\dx the BCE head's time, "
+                r"\d+\.\d\dx the query head's$",
+                r"training step, query head" + rate + r"\s+the same decoder, every attribute at once: \d+\.\d\dx the BCE",
                 r"training step, linear BCE head", r"image encoder fwd \+ bwd, all tokens" + rate + r"\s+\d+% of the"):
         assert re.search(rf"^{row}", out, re.M), (row, out)
 

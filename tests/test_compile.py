@@ -11,7 +11,7 @@ import clip
 import sample
 import train
 from conftest import TINY, tiny_args
-from decoder import DecoderConfig, SequencePAR
+from decoder import DecoderConfig, QueryHead, SequencePAR, labels_to_targets
 
 
 @pytest.fixture
@@ -91,3 +91,16 @@ def test_the_decoder_compiles_whole_at_a_symbolic_length(fresh_dynamo):
     decode = torch.compile(model.decode, fullgraph=True, dynamic=True, backend="eager")
     for T in (4, 7):
         torch.testing.assert_close(decode(idx[:, :T], kvs, table), model.decode(idx[:, :T], kvs, table))
+
+
+def test_the_query_head_compiles_whole(fresh_dynamo):
+    # the query head's training forward, dropout and all positions at once, as one graph (the eager backend checks
+    # the capture without compiling kernels); in eval mode it gives the eager logits
+    torch.manual_seed(0)
+    model = QueryHead(clip.CLIP(TINY), [f"attribute {i}" for i in range(6)], DecoderConfig(n_layer=2, n_head=2))
+    images, targets = torch.randn(2, 3, 32, 32), labels_to_targets(torch.randint(0, 2, (2, 6)))
+    forward = torch.compile(model, fullgraph=True, backend="eager")
+    _, loss = forward(images, targets)
+    assert torch.isfinite(loss)
+    model.eval()
+    torch.testing.assert_close(forward(images, targets)[0], model(images, targets)[0])
