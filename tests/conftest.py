@@ -97,3 +97,26 @@ def run_script(*args, env=None):
         os.killpg(p.pid, signal.SIGKILL)
         raise
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def round_trip(out, synth_root, tmp_path, capsys):
+    """A run's checkpoint (in `out`) through `python evaluate.py` and `python sample.py --json=True`, rebuilt from the
+    checkpoint alone: returns evaluate's metrics, the model with its attribute names, three images, what generate
+    predicts for them (pred, scores) and what sample.py printed for them."""
+    import json
+
+    import evaluate
+    import sample
+    again = evaluate.main([f"--ckpt={out / 'ckpt.pt'}", "--dataset=synth", f"--root={synth_root}",
+                           f"--out_dir={tmp_path / 'eval'}", "--workers=0"])
+    model, names = sample.load_model(str(out / "ckpt.pt"))
+    folder = os.path.join(synth_root, "images")
+    paths = [os.path.join(folder, f) for f in sorted(os.listdir(folder))[:3]]
+    capsys.readouterr()
+    assert sample.main([*paths, f"--ckpt={out / 'ckpt.pt'}", "--json=True", "--workers=0"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    images = torch.stack([sample.Images(paths, 32)[i][1] for i in range(3)])
+    pred, probs = model.generate(images)
+    for row, p, q in zip(printed, pred, probs):  # the predicted attributes, with the head's own probabilities
+        assert row["attributes"] == pytest.approx({names[j]: q[j].item() for j in p.nonzero().flatten().tolist()})
+    return again, model, names, paths, images, pred, probs, printed

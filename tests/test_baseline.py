@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import clip
-import evaluate
 import sample
 import train
-from conftest import TINY, run_script, tiny_args
+from conftest import TINY, round_trip, run_script, tiny_args
 from decoder import LinearHead, labels_to_targets
 
 
@@ -77,22 +76,11 @@ def test_linear_head_trains_and_its_checkpoint_goes_through_evaluation_and_sampl
     assert ckpt["head"] == "linear" and not any(k.startswith(("clip.transformer", "transformer.")) for k in ckpt["model"])
     with open(out / "metrics_test.json") as f:
         assert json.load(f)["overall"] == pytest.approx(m)
-    # evaluate.py rebuilds the head from the checkpoint alone and scores what training scored
-    again = evaluate.main([f"--ckpt={out / 'ckpt.pt'}", "--dataset=synth", f"--root={synth_root}",
-                           f"--out_dir={tmp_path / 'eval'}", "--workers=0"])
+    # evaluate.py rebuilds the head from the checkpoint alone and scores what training scored; sample.py prints, per
+    # image, the attributes above 0.5 with their probabilities from the head itself
+    again, model, names, paths, images, pred, probs, printed = round_trip(out, synth_root, tmp_path, capsys)
     assert again == pytest.approx(m)
     assert "similarity" not in " ".join(os.listdir(tmp_path / "eval"))  # the head has no attribute tokens
-    # sample.py prints, per image, the attributes above 0.5 with their probabilities from the head itself
-    model, names = sample.load_model(str(out / "ckpt.pt"))
-    folder = os.path.join(synth_root, "images")
-    paths = [os.path.join(folder, f) for f in sorted(os.listdir(folder))[:3]]
-    capsys.readouterr()
-    assert sample.main([*paths, f"--ckpt={out / 'ckpt.pt'}", "--json=True", "--workers=0"]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    images = torch.stack([sample.Images(paths, 32)[i][1] for i in range(3)])
-    pred, probs = model.generate(images)
-    for row, p, q in zip(printed, pred, probs):
-        assert row["attributes"] == pytest.approx({names[j]: q[j].item() for j in p.nonzero().flatten().tolist()})
     with pytest.raises(ValueError, match=r"has the linear head; attention maps need the decoder"):
         sample.main([*paths, f"--ckpt={out / 'ckpt.pt'}", "--attention=True", f"--out_dir={tmp_path / 'pics'}"])
 
