@@ -1,23 +1,32 @@
 """
-Does generation pay? Controlled comparisons of SequencePAR and the linear multi-label head on the synthetic set.
+Does generation pay? SequencePAR against the same decoder without generation (the query head) and against a linear
+multi-label head on the synthetic set, one mechanism at a time.
 
-    python experiments.py                        # every experiment, two seeds each: 1.5 hours on two cores
-    python experiments.py --only=heads,noise     # some of them
-    python experiments.py --quick=True           # a tiny version of each, in seconds (make test runs it)
+    python experiments.py                          # every condition, two paired seeds: about 3 hours on two cores
+    python experiments.py --only=clean,hidden      # some conditions
+    python experiments.py --quick=True             # a tiny version, in a minute or two (make test runs it)
 
-Every run is train.py's synth recipe (a tiny CLIP trained from scratch) for the same fixed number of steps, in a
-process of its own with one thread, two side by side; each changes one thing against the base run:
-  heads      SequencePAR and the linear head, each with and without its loss weighting, at equal steps and at equal
-             training time (the linear head's step is cheaper: it gets the steps that take SequencePAR's time)
-  noise      training labels corrupted, test labels clean: every label flipped with probability 0.1, 0.2, 0.3
-             (symmetric noise), or a fraction 0.2, 0.4 of the positives set to 0 (missing labels)
-  imbalance  the training positives of a few attributes subsampled to 3% and 1% of the images (test untouched)
-  depth      the decoder's depth: 1, 2 (the base), 4, 6 layers
-  beam       the base runs decoded with beam search of 3 instead of greedy
-  order      the order of the target sequence: column order (the base), rare attributes first, frequent first
-A run already in results.csv is not run again, so an interrupted session continues where it stopped (a run stopped by
-Ctrl-C resumes from its last.pt). Writes out_dir/results.csv (one row per run, as runs finish), results.md (the
-tables: mean over seeds, +- half their range) and results.png (mA under noise and imbalance).
+Every run is train.py's synth recipe (a tiny CLIP trained from scratch, the demo's 3,000 steps and schedule) in a
+process of its own with one thread, two side by side. A seed pairs the heads: for one seed every head starts from the
+same image encoder and sees the same batches, crops and flips. What is compared, on the same test split:
+  sequencepar             SequencePAR, decoded by the chain rule (every attribute scored, predicted above 0.5)
+  sequencepar-greedy      the same checkpoints decoded by the paper's greedy rule (evaluate.py; nothing retrained)
+  query                   the same decoder without generation (decoder.QueryHead): every attribute token at once, no
+                          causal mask, no labels as input, one logit per attribute, weighted BCE, above 0.5
+  linear                  the image encoder's pooled vector and a linear layer, weighted BCE, above 0.5
+  sequencepar-beam3       (clean) the SequencePAR checkpoints decoded by beam search of 3
+  sequencepar-unweighted  (symmetric-0.2) SequencePAR trained without its weighted NLL, chain rule and -greedy
+under these conditions (the training labels only; the test labels are always the true ones):
+  clean           the synthetic set as drawn
+  hidden          synth.py --hidden=0.5: half the people stand behind an object that hides their legs and feet
+  symmetric-0.2   a fraction 0.2 (symmetric-0.3: 0.3) of the training label cells flipped 0 <-> 1
+  missing-0.4     a fraction 0.4 of the training positives set to 0
+  rare-0.01       the training positives of Backpack, UpperStripe and Boots subsampled to 1% of the images
+A group whose two seeds disagree by more than its difference from the group it is compared with (query against
+sequencepar, linear against query, each variant against sequencepar) gets a third seed, with the group it is compared
+with. A run already in results.csv is not run again, so a stopped session continues where it stopped (a run stopped
+by Ctrl-C resumes from its last.pt). Writes out_dir/results.csv (one row per run, as runs finish) and results.md
+(the tables: the mean over seeds, +- half their range).
 """
 import csv
 import functools
@@ -32,13 +41,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 import cli
 from cli import UserError
 import data as D
 import synth
 from checkpoint import save_atomic
+from evaluate import metrics
 from run import finished_at
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -46,24 +55,40 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 @dataclass
 class ExperimentsConfig:
-    out_dir: str = "out/experiments"  # results.csv/.md/.png, runs/ (each run's folder) and data/ (the corrupted sets)
+    out_dir: str = "out/experiments"  # results.csv/.md, runs/ (each run's folder) and data/ (the changed sets)
     root: str = "data/synth"      # the synthetic set (drawn there on first use)
-    only: str = ""                # experiments to run, comma-separated ("": all of heads,noise,imbalance,depth,beam,order)
-    steps: int = 1500             # training steps of every run (the demo trains 3,000)
+    only: str = ""                # conditions to run, comma-separated ("": all of CONDITIONS)
+    steps: int = 3000             # training steps of every run (the demo's)
     seeds: int = 2                # a third seed is added where two disagree by more than the effect they measure
     jobs: int = 2                 # runs side by side, one thread each
     quick: bool = False           # a tiny version: a small set, a few steps, one seed (out_dir out/experiments-quick)
     PATHS = ("out_dir", "root")
 
 
-EXPERIMENTS = ("heads", "noise", "imbalance", "depth", "beam", "order")
-SYMMETRIC, MISSING, RARE_RATES = (0.1, 0.2, 0.3), (0.2, 0.4), (0.03, 0.01)
+CONDITIONS = ("clean", "hidden", "symmetric-0.2", "missing-0.4", "rare-0.01", "symmetric-0.3")  # the order they run in
 RARE = ("Backpack", "UpperStripe", "Boots")  # learned well at their natural rates (about 10-20%), from distinct cues
-HEADS = (("sequencepar", "SequencePAR"), ("linear", "linear"))
-METRICS = ("mA", "Acc", "Prec", "Rec", "F1")
+HIDDEN_FRACTION = 0.5
+# what is compared: name -> (train.py's --head and options) or (the trained variant whose checkpoints it decodes and
+# evaluate.py's options), and the conditions it runs under
+VARIANTS = {
+    "sequencepar": dict(head="sequencepar"),
+    "sequencepar-greedy": dict(decodes="sequencepar", options=("--rule=greedy",)),
+    "query": dict(head="query"),
+    "linear": dict(head="linear"),
+    "sequencepar-beam3": dict(decodes="sequencepar", options=("--rule=greedy", "--beam_size=3"), only=("clean",)),
+    "sequencepar-unweighted": dict(head="sequencepar", options=("--weighted_loss=False",), only=("symmetric-0.2",)),
+    "sequencepar-unweighted-greedy": dict(decodes="sequencepar-unweighted", options=("--rule=greedy",),
+                                          only=("symmetric-0.2",)),
+}
+COMPARE = {"query": "sequencepar", "linear": "query", "sequencepar-greedy": "sequencepar",
+           "sequencepar-beam3": "sequencepar", "sequencepar-unweighted": "sequencepar",
+           "sequencepar-unweighted-greedy": "sequencepar-unweighted"}
+METRICS = ("mA", "Acc", "Prec", "Rec", "F1", "mAP")
+# the measure a condition is about: it decides where a third seed is needed
+FOCUS = {"rare-0.01": "rare_mA", "hidden": "hidden_mA_on_hidden"}
 
 # -----------------------------------------------------------------------------
-# corrupted training labels: each function changes the train split only and returns what it changed, to be counted
+# changed training labels: each function changes the train split only and returns what it changed, to be counted
 
 
 def flip_labels(labels, train, p, rng):
@@ -97,111 +122,104 @@ def subsample_positives(labels, train, cols, rate, rng):
     return kept, np.setdiff1d(train, kept)
 
 
-def write_variant(folder, base, labels, splits, order=None):
-    """A csv dataset folder of the base set's images (by absolute path) with other labels, splits or column order;
-    images in no split are left out."""
-    order = list(range(labels.shape[1])) if order is None else list(order)
+def write_variant(folder, base, labels, splits):
+    """A csv dataset folder of the base set's images (by absolute path) with other labels or splits; images in no
+    split are left out."""
     split_of = {int(i): name for name, idx in splits.items() for i in idx}
     os.makedirs(folder, exist_ok=True)
-    rows = [["image", "split"] + [base.attr_names[j] for j in order]]
-    rows += [[os.path.realpath(base.image_paths[i]), split_of[i]] + [str(int(v)) for v in labels[i, order]]
+    rows = [["image", "split"] + base.attr_names]
+    rows += [[os.path.realpath(base.image_paths[i]), split_of[i]] + [str(int(v)) for v in labels[i]]
              for i in sorted(split_of)]
     text = io.StringIO()
     csv.writer(text).writerows(rows)
     save_atomic(os.path.join(folder, "labels.csv"), lambda f: f.write(text.getvalue().encode()))
     return folder
 
+
+def prepare_datasets(cfg, base, chosen):
+    """Each condition's dataset as (train.py's --dataset, its folder): the changed copies of the base set's labels
+    and the hidden variant are written once, the same for every seed. Returns them and a line on each."""
+    rng, train, folder = np.random.default_rng(0), base.splits["train"], os.path.join(cfg.out_dir, "data")
+    out, notes = {"clean": ("synth", cfg.root)}, []
+    # the random draws in a fixed order, whichever conditions are chosen, so that each condition's labels are the same
+    flipped = {p: flip_labels(base.labels, train, p, rng) for p in (0.2, 0.3)}
+    missing = drop_positives(base.labels, train, 0.4, rng)
+    cols = [base.attr_names.index(n) for n in RARE]
+    kept, removed = subsample_positives(base.labels, train, cols, 0.01, rng)
+    for p, (labels, (rows, _)) in flipped.items():
+        if f"symmetric-{p}" in chosen:
+            out[f"symmetric-{p}"] = ("csv", write_variant(os.path.join(folder, f"symmetric-{p}"), base, labels,
+                                                          base.splits))
+            notes.append(f"symmetric-{p}: {len(rows)} of {base.labels[train].size} train labels flipped")
+    if "missing-0.4" in chosen:
+        labels, (rows, _) = missing
+        out["missing-0.4"] = ("csv", write_variant(os.path.join(folder, "missing-0.4"), base, labels, base.splits))
+        notes.append(f"missing-0.4: {len(rows)} of {int(base.labels[train].sum())} train positives set to 0")
+    if "rare-0.01" in chosen:
+        out["rare-0.01"] = ("csv", write_variant(os.path.join(folder, "rare-0.01"), base, base.labels,
+                                                 {**base.splits, "train": kept}))
+        rates = ", ".join(f"{n} {base.labels[kept, j].mean():.1%}" for n, j in zip(RARE, cols))
+        notes.append(f"rare-0.01: {len(removed)} of {len(train)} train images removed; now {rates}")
+    if "hidden" in chosen:
+        hidden = os.path.join(folder, "hidden")
+        if not os.path.exists(os.path.join(hidden, "hidden.csv")):  # the base set's people, half of them hidden
+            print(f"hidden: drawing {len(base.labels)} images into {hidden} ...", flush=True)
+            synth.make_synthetic(hidden, len(base.labels), seed=1 if cfg.quick else 0, hidden=HIDDEN_FRACTION)
+        out["hidden"] = ("synth", hidden)
+        notes.append(f"hidden: {len(hidden_images(hidden))} of {len(base.labels)} images hidden")
+    return out, notes
+
+
+def hidden_images(root):
+    with open(os.path.join(root, "hidden.csv"), newline="") as f:
+        return {os.path.realpath(os.path.join(root, r["image"])) for r in csv.DictReader(f)}
+
 # -----------------------------------------------------------------------------
-# the plan: every run as (key, experiment, condition, head, seed, steps, dataset folder, extra train.py options)
+# the plan: every run as (key, condition, variant, seed, steps, dataset, the run it waits for)
 
 
 @dataclass
 class Run:
-    key: str
-    experiment: str
+    key: str              # condition/variant/s<seed>
     condition: str
-    head: str
+    variant: str
     seed: int
     steps: int
-    root: str
-    options: tuple = ()
-    compare: str = ""  # the key prefix (without the seed) of the group this one is compared with
-    ckpt: str = ""     # beam: the checkpoint to decode instead of training
+    dataset: tuple = ()   # (train.py's --dataset, its folder)
+    after: str = ""       # a decoding: the key of the training run whose checkpoint it decodes
 
 
-def plan(cfg, base, seeds, datasets, equal_time_steps):
-    runs, chosen = [], cfg.only.split(",") if cfg.only else EXPERIMENTS
-    symmetric, missing, rare_rates, depths = (SYMMETRIC, MISSING, RARE_RATES, (1, 4, 6)) if not cfg.quick else (
-        SYMMETRIC[-1:], MISSING[-1:], RARE_RATES[-1:], (6,))  # --quick=True: the strongest of each
-
-    def add(experiment, condition, head, root, options=(), compare="", steps=cfg.steps, ckpt=""):
-        group = f"{experiment}/{condition}/{head}"
+def plan(cfg, seeds, datasets, chosen):
+    runs = []
+    for condition in CONDITIONS:
+        if condition not in chosen:
+            continue
         for seed in seeds:
-            runs.append(Run(f"{group}/s{seed}", experiment, condition, head, seed, steps, root, tuple(options),
-                            compare, ckpt))
-        return group
-
-    base_root = cfg.root
-    both = []  # (experiment, condition, dataset folder, options), each run with both heads
-    if "heads" in chosen:
-        both += [("heads", "weighted", base_root, ()), ("heads", "unweighted", base_root, ("--weighted_loss=False",))]
-    if "noise" in chosen:
-        both += [("noise", f"symmetric {p}", datasets[f"symmetric-{p}"], ()) for p in symmetric]
-        both += [("noise", f"missing {f}", datasets[f"missing-{f}"], ()) for f in missing]
-    if "imbalance" in chosen:
-        both += [("imbalance", f"rare {r}", datasets[f"rare-{r}"], ()) for r in rare_rates]
-    for experiment, condition, root, options in both:
-        for head, other in (("sequencepar", "linear"), ("linear", "sequencepar")):
-            add(experiment, condition, head, root, options, compare=f"{experiment}/{condition}/{other}")
-    if "heads" in chosen and equal_time_steps:
-        for weighting, options in (("weighted", ()), ("unweighted", ("--weighted_loss=False",))):
-            add("heads", f"{weighting}, equal time", "linear", base_root, options, steps=equal_time_steps[weighting],
-                compare=f"heads/{weighting}/sequencepar")
-    if "depth" in chosen:
-        for n in depths:
-            add("depth", f"{n} layers", "sequencepar", base_root, [f"--n_layer={n}"], compare="heads/weighted/sequencepar")
-    if "beam" in chosen:
-        for seed in seeds:
-            runs.append(Run(f"beam/beam 3/sequencepar/s{seed}", "beam", "beam 3", "sequencepar", seed, cfg.steps,
-                            base_root, (), "heads/weighted/sequencepar",
-                            ckpt=os.path.join(run_dir(cfg, f"heads/weighted/sequencepar/s{seed}"), "ckpt.pt")))
-    if "order" in chosen:
-        for name in ("rare first", "frequent first"):
-            add("order", name, "sequencepar", datasets[name], compare="heads/weighted/sequencepar")
+            for name, v in VARIANTS.items():
+                if condition in v.get("only", (condition,)):
+                    after = f"{condition}/{v['decodes']}/s{seed}" if "decodes" in v else ""
+                    runs.append(Run(f"{condition}/{name}/s{seed}", condition, name, seed, cfg.steps,
+                                    datasets[condition], after))
     return runs
 
 
-def prepare_datasets(cfg, base, chosen):
-    """The corrupted and reordered copies of the base set's labels (written once; the same for every seed)."""
-    rng, train, out = np.random.default_rng(0), base.splits["train"], {}
-    folder = os.path.join(cfg.out_dir, "data")
-    notes = []
-    if "noise" in chosen:
-        for p in SYMMETRIC:
-            labels, (rows, _) = flip_labels(base.labels, train, p, rng)
-            out[f"symmetric-{p}"] = write_variant(os.path.join(folder, f"symmetric-{p}"), base, labels, base.splits)
-            notes.append(f"symmetric {p}: {len(rows)} of {base.labels[train].size} train labels flipped")
-        for f in MISSING:
-            labels, (rows, _) = drop_positives(base.labels, train, f, rng)
-            out[f"missing-{f}"] = write_variant(os.path.join(folder, f"missing-{f}"), base, labels, base.splits)
-            notes.append(f"missing {f}: {len(rows)} of {int(base.labels[train].sum())} train positives set to 0")
-    if "imbalance" in chosen:
-        cols = [base.attr_names.index(n) for n in RARE]
-        for r in RARE_RATES:
-            kept, removed = subsample_positives(base.labels, train, cols, r, rng)
-            splits = {**base.splits, "train": kept}
-            out[f"rare-{r}"] = write_variant(os.path.join(folder, f"rare-{r}"), base, base.labels, splits)
-            rates = ", ".join(f"{n} {base.labels[kept, j].mean():.1%}" for n, j in zip(RARE, cols))
-            notes.append(f"rare {r}: {len(removed)} of {len(train)} train images removed; now {rates}")
-    if "order" in chosen:
-        rates = base.labels[train].mean(0)
-        for name, order in (("rare first", np.argsort(rates, kind="stable")),
-                            ("frequent first", np.argsort(-rates, kind="stable"))):
-            out[name] = write_variant(os.path.join(folder, name.replace(" ", "-")), base, base.labels, base.splits, order)
-    return out, notes
+def third_seeds(results):
+    """The groups (condition/variant) to give a third seed: both groups of each compared pair whose two seeds
+    disagree, in the condition's measure, by more than the pair's difference. Decodings bring their training run."""
+    values = {}
+    for r in results.values():
+        condition, variant, _ = r["key"].split("/")
+        values.setdefault((condition, variant), []).append(float(r[FOCUS.get(condition, "mA")]))
+    wanted = set()
+    for (condition, variant), a in values.items():
+        b = values.get((condition, COMPARE.get(variant)), [])
+        if len(a) == 2 and len(b) == 2 and max(np.ptp(a), np.ptp(b)) > abs(np.mean(a) - np.mean(b)):
+            wanted |= {(condition, variant), (condition, COMPARE[variant])}
+    trained = {(c, VARIANTS[v].get("decodes", v)) for c, v in wanted}
+    return wanted | {(c, v) for c, v in values if (c, VARIANTS[v].get("decodes", v)) in trained}
 
 # -----------------------------------------------------------------------------
-# running: train.py in subprocesses, one thread each; results.csv as the record of what is done
+# running: train.py and evaluate.py in subprocesses, one thread each; results.csv as the record of what is done
 
 
 def run_dir(cfg, key):
@@ -209,28 +227,27 @@ def run_dir(cfg, key):
 
 
 @functools.lru_cache(maxsize=None)
-def train_size(root, is_base):
-    return len(D.load_dataset("synth" if is_base else "csv", root).splits["train"])  # (read once per folder)
+def train_size(dataset, root):
+    return len(D.load_dataset(dataset, root).splits["train"])  # (read once per folder)
 
 
-def command(cfg, run, base_root):
+def command(cfg, run):
     out = run_dir(cfg, run.key)
-    if run.ckpt:  # beam: decode a trained checkpoint on test
-        return [sys.executable, os.path.join(ROOT, "evaluate.py"), f"--ckpt={run.ckpt}", "--beam_size=3",
-                "--rule=greedy", "--dataset=synth", f"--root={base_root}", f"--out_dir={out}", "--split=test", "--pictures=0"], out
-    n_train = train_size(run.root, run.root == base_root)
+    v = VARIANTS[run.variant]
+    if run.after:  # decode the training run's selected checkpoint on test
+        return [sys.executable, os.path.join(ROOT, "evaluate.py"), f"--ckpt={run_dir(cfg, run.after)}/ckpt.pt",
+                "--split=test", f"--out_dir={out}", "--pictures=0", "--workers=0", *v["options"]], out
+    dataset, root = run.dataset
+    n_train = train_size(dataset, root)
     if n_train < 64:
-        raise UserError(f"{run.root}: {n_train} training images, fewer than a batch of 64")
+        raise UserError(f"{root}: {n_train} training images, fewer than a batch of 64")
     epochs = run.steps / (n_train // 64)  # the preset's batches of 64: exactly run.steps steps
-    args = [sys.executable, os.path.join(ROOT, "train.py"), "--preset=synth", f"--head={run.head}", f"--seed={run.seed}",
-            f"--dataset={'synth' if run.root == base_root else 'csv'}", f"--root={run.root}", f"--out_dir={out}",
-            f"--epochs={epochs!r}", f"--warmup_epochs={0.6 * epochs!r}", "--log_interval=100", *run.options]
+    args = [sys.executable, os.path.join(ROOT, "train.py"), "--preset=synth", f"--head={v['head']}",
+            f"--seed={run.seed}", f"--dataset={dataset}", f"--root={root}", f"--out_dir={out}", f"--epochs={epochs!r}",
+            f"--warmup_epochs={0.6 * epochs!r}", "--log_interval=100", *v.get("options", ())]
     if os.path.exists(os.path.join(out, "last.pt")):
         return args + ["--resume=True"], out  # stopped half-way by Ctrl-C: continue
     return args + ["--overwrite=True"], out  # a run killed before it saved anything starts again
-
-
-FIELDS = ["key", "experiment", "condition", "head", "seed", "steps", "train_s", *METRICS, "F1_hm", "focus_mA", "commit"]
 
 
 def read_results(path):
@@ -240,72 +257,109 @@ def read_results(path):
         return {r["key"]: r for r in csv.DictReader(f)}
 
 
-def result_row(run, out, names):
+def result_row(run, out):
+    """The run's test metrics, from its metrics_test.json and predictions_test.csv: the standard ones, the share of
+    images with exactly one predicted attribute in each exclusive group, the rare attributes' mA, and on the hidden
+    variant the hidden attributes' mA and instance F1 on the hidden and on the visible images."""
     with open(os.path.join(out, "metrics_test.json")) as f:
         m = json.load(f)
-    t = m.get("train_s")  # (an evaluate.py run has no training time)
-    attrs = {n: m["attributes"][n]["mA"] for n in names}
-    row = dict(key=run.key, experiment=run.experiment, condition=run.condition, head=run.head, seed=run.seed,
-               steps=run.steps, train_s=f"{t:.1f}" if t is not None else "", **{k: f"{m['overall'][k]:.2f}" for k in (*METRICS, "F1_hm")},
-               focus_mA=f"{np.mean([attrs[n] for n in RARE]):.2f}", commit=(m.get("commit") or "")[:10])
-    return {**row, **{f"mA:{n}": f"{attrs[n]:.2f}" for n in names}}
+    with open(os.path.join(out, "predictions_test.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = list(m["attributes"])
+    pred = np.array([[int(r[f"pred:{n}"]) for n in names] for r in rows], dtype=np.uint8)
+    gt = np.array([[int(r[f"gt:{n}"]) for n in names] for r in rows], dtype=np.uint8)
+    one_each = np.all([pred[:, [names.index(n) for n in group]].sum(1) == 1 for group in synth.GROUPS], axis=0)
+    t = m.get("train_s")  # (evaluate.py trains nothing)
+    row = dict(key=run.key, condition=run.condition, variant=run.variant, seed=run.seed, steps=run.steps,
+               train_s=f"{t:.1f}" if t is not None else "",
+               **{k: f"{m['overall'][k]:.2f}" if k in m["overall"] else "" for k in METRICS},
+               one_per_group=f"{100 * one_each.mean():.2f}",
+               rare_mA=f"{np.mean([m['attributes'][n]['mA'] for n in RARE]):.2f}")
+    if run.condition == "hidden":
+        hidden = hidden_images(run.dataset[1])
+        behind = np.array([os.path.realpath(r["image"]) in hidden for r in rows])
+        cols = [names.index(n) for n in synth.HIDDEN]
+        for where, chosen in (("hidden", behind), ("visible", ~behind)):
+            sub = metrics(gt[chosen][:, cols], pred[chosen][:, cols])
+            row[f"hidden_mA_on_{where}"], row[f"hidden_F1_on_{where}"] = f"{sub['mA']:.2f}", f"{sub['F1']:.2f}"
+    row["commit"] = (m.get("commit") or "")[:10]
+    return {**row, **{f"mA:{n}": f"{m['attributes'][n]['mA']:.2f}" for n in names}}
+
+
+FIELDS = ["key", "condition", "variant", "seed", "steps", "train_s", *METRICS, "one_per_group", "rare_mA",
+          *[f"hidden_{k}_on_{w}" for w in ("hidden", "visible") for k in ("mA", "F1")], "commit",
+          *[f"mA:{n}" for n in synth.ATTRS]]
 
 
 def append_result(path, row):
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, list(row))
+        w = csv.DictWriter(f, FIELDS, restval="")
         if new:
             w.writeheader()
         w.writerow(row)
 
 
-def execute(cfg, runs, results_path, base, log=print):
-    """Runs what results.csv does not hold yet, cfg.jobs at a time. Returns the keys that failed."""
+def finished(run, out):
+    if run.after:
+        return os.path.exists(os.path.join(out, "metrics_test.json"))
+    return finished_at(out) == run.steps
+
+
+def execute(cfg, runs, results_path, log=print):
+    """Runs what results.csv does not hold yet, cfg.jobs at a time, each decoding after its training run. Returns the
+    keys that failed (or could not start because the run they decode failed)."""
     done = read_results(results_path)
     todo = [r for r in runs if r.key not in done or done[r.key]["steps"] != str(r.steps)]
     for run in list(todo):  # finished, but stopped before it was recorded: its own files are the record
         out = run_dir(cfg, run.key)
-        if (os.path.exists(os.path.join(out, "metrics_test.json")) if run.ckpt else finished_at(out) == run.steps):
-            append_result(results_path, result_row(run, out, base.attr_names))
+        if finished(run, out):
+            append_result(results_path, result_row(run, out))
             todo.remove(run)
             log(f"recorded {run.key} from its files: it had finished")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     live = []
     try:
-        failed = _execute(cfg, todo, live, results_path, base, env, log)
+        return _execute(cfg, todo, live, results_path, env, log)
     finally:  # stopped (Ctrl-C, SIGTERM): every live run saves its last.pt at its next step, and resumes next time
         for _, _, p, _ in live:
             p.send_signal(signal.SIGINT)
         for _, _, p, logf in live:
             p.wait()
             logf.close()
-    return failed
 
 
-def _execute(cfg, todo, live, results_path, base, env, log):
-    failed, t0, finished = [], time.time(), 0
+def _execute(cfg, todo, live, results_path, env, log):
+    failed, t0, started = [], time.time(), len(todo)
     while todo or live:
-        while todo and len(live) < cfg.jobs:
-            run = todo.pop(0)
-            args, out = command(cfg, run, cfg.root)
+        done = read_results(results_path)
+        while len(live) < cfg.jobs:
+            ready = [r for r in todo if not r.after or r.after in done]
+            if not ready:
+                break
+            run = ready[0]
+            todo.remove(run)
+            args, out = command(cfg, run)
             os.makedirs(out, exist_ok=True)
             logf = open(os.path.join(out, "run.log"), "a")
             # a session of its own: a Ctrl-C at the terminal reaches the runs once, through us
             live.append((run, out, subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                                     start_new_session=True), logf))
-            log(f"[{time.strftime('%H:%M:%S')}] start {run.key} ({run.steps} steps)")
+            log(f"[{time.strftime('%H:%M:%S')}] start {run.key}" + (f" ({run.steps} steps)" if not run.after else ""))
+        if not live and todo:  # what is left decodes runs that failed
+            failed += [r.key for r in todo]
+            log(f"not run, as the runs they decode failed: {', '.join(r.key for r in todo)}")
+            break
         time.sleep(0.5)
         for item in [x for x in live if x[2].poll() is not None]:
             run, out, p, logf = item
             logf.close()
             live.remove(item)
-            finished += 1
             if p.returncode == 0:
-                row = result_row(run, out, base.attr_names)
+                row = result_row(run, out)
                 append_result(results_path, row)
                 left = len(todo) + len(live)
-                eta = (time.time() - t0) / finished * left
+                eta = (time.time() - t0) / (started - left) * left
                 log(f"[{time.strftime('%H:%M:%S')}] done  {run.key}: mA {row['mA']}, F1 {row['F1']} "
                     f"({row['train_s'] or '-'} s training); {left} left, about {eta / 60:.0f} min")
             else:
@@ -314,133 +368,86 @@ def _execute(cfg, todo, live, results_path, base, env, log):
                 failed.append(run.key)
     return failed
 
-
-def third_seeds(runs, results):
-    """Groups whose two seeds disagree by more than the effect they measure: the gap in mA between them and the group
-    they are compared with. Both groups of such a pair get a third seed."""
-    def groups():
-        out = {}
-        for r in results.values():
-            out.setdefault(r["key"].rsplit("/", 1)[0], []).append(float(r["mA"]))
-        return out
-    g, wanted = groups(), set()
-    for run in runs:
-        group = run.key.rsplit("/", 1)[0]
-        a, b = g.get(group, []), g.get(run.compare, [])
-        if len(a) == 2 and len(b) >= 2:
-            spread, effect = max(np.ptp(a), np.ptp(b)), abs(np.mean(a) - np.mean(b))
-            if spread > effect:
-                wanted |= {group, run.compare}
-    return wanted
-
 # -----------------------------------------------------------------------------
-# the report: Markdown tables and a plot
+# the report: Markdown tables
 
 
 def summarise(results):
+    """condition/variant -> its rows, the number of seeds, and (mean, half the range) of every measure it has."""
     groups = {}
     for r in results.values():
         groups.setdefault(r["key"].rsplit("/", 1)[0], []).append(r)
     stats = {}
     for g, rows in groups.items():
-        s = {k: [float(r[k]) for r in rows] for k in (*METRICS, "focus_mA")}
-        s["train_s"] = [float(r["train_s"]) for r in rows if r["train_s"]]
-        stats[g] = dict(rows=rows, n=len(rows), steps=rows[0]["steps"],
-                        **{k: (np.mean(v), np.ptp(v) / 2) if v else (float("nan"), 0.0) for k, v in s.items()})
+        s = dict(rows=rows, n=len(rows))
+        for k in FIELDS[FIELDS.index("train_s"):]:
+            values = [float(r[k]) for r in rows if r.get(k) not in (None, "") and k != "commit"]
+            if values:
+                s[k] = (np.mean(values), np.ptp(values) / 2)
+        stats[g] = s
     return stats
 
 
-def cell(v):
-    return f"{v[0]:.2f} ±{v[1]:.2f}"
+def cell(s, k):
+    return f"{s[k][0]:.2f} ±{s[k][1]:.2f}" if k in s else "-"
 
 
-def tables(stats, commit):
-    titles = dict(heads="Heads: SequencePAR against the linear multi-label head",
-                  noise="Label noise (training labels only; test labels clean)",
-                  imbalance=f"Imbalance: the training positives of {', '.join(RARE)} subsampled",
-                  depth="SequencePAR's decoder depth", beam="Decoding: greedy against beam search",
-                  order="The order of the target sequence")
-    head_label = dict(sequencepar="SequencePAR", linear="linear")
-    order = ["weighted", "unweighted", "weighted, equal time", "unweighted, equal time",
-             *[f"symmetric {p}" for p in SYMMETRIC], *[f"missing {f}" for f in MISSING], *[f"rare {r}" for r in RARE_RATES]]
-    lines = [f"Runs of `python experiments.py` (commit {commit}); each cell is the mean over seeds ± half their range, "
-             "in percent on the synthetic test split.", ""]
-    for exp in EXPERIMENTS:
-        rows = [(g, s) for g, s in stats.items() if g.startswith(exp + "/")]
-        base = [(g, s) for g, s in stats.items() if g.startswith("heads/weighted/") and exp in ("noise", "imbalance")]
-        if exp in ("depth", "beam", "order"):
-            base = [(g, s) for g, s in stats.items() if g == "heads/weighted/sequencepar"]
-        if not rows:
-            continue
-        rows.sort(key=lambda gs: (order.index(gs[0].split("/")[1]) if gs[0].split("/")[1] in order else len(order),
-                                  gs[0].split("/")[2] != "sequencepar"))
-        extra = ["rare attrs' mA"] if exp == "imbalance" else []
-        lines += [f"### {titles[exp]}", "", "| condition | head | seeds | steps | " + " | ".join(extra + list(METRICS))
-                  + " | training s |", "|---|---|---|---|" + "---|" * (len(METRICS) + len(extra) + 1)]
-        for g, s in base + rows:
-            _, condition, head = g.split("/")
-            if g in dict(base):
-                condition = {"depth": "2 layers", "beam": "greedy", "order": "column order"}.get(exp, "clean")
-            values = ([cell(s["focus_mA"])] if exp == "imbalance" else []) + [cell(s[k]) for k in METRICS]
-            seconds = "-" if np.isnan(s["train_s"][0]) else f"{s['train_s'][0]:.0f}"  # (beam search trains nothing)
-            lines.append(f"| {condition} | {head_label[head]} | {s['n']} | {s['steps']} | " + " | ".join(values)
-                         + f" | {seconds} |")
-        lines.append("")
+LABEL = {"sequencepar": "SequencePAR, chain rule", "sequencepar-greedy": "SequencePAR, greedy",
+         "sequencepar-beam3": "SequencePAR, beam 3", "query": "query head", "linear": "linear head",
+         "sequencepar-unweighted": "SequencePAR unweighted, chain rule",
+         "sequencepar-unweighted-greedy": "SequencePAR unweighted, greedy"}
+
+
+def tables(stats, commits, ceiling):
+    present = [(c, v) for c in CONDITIONS for v in VARIANTS if f"{c}/{v}" in stats]
+    lines = [f"Runs of `python experiments.py` (commits {commits}); each cell is the mean over the seeds ± half their "
+             "range, in percent, on the synthetic test split (its labels the true ones).", "",
+             "### Every condition", "",
+             "one per group: the share of test images whose prediction has exactly one attribute of each exclusive "
+             "group (age, view, sleeves, lower garment), as every true label set has.", "",
+             "| condition | head | seeds | " + " | ".join(METRICS) + " | one per group | training s |",
+             "|---|---|---|" + "---|" * (len(METRICS) + 2)]
+    for c, v in present:
+        s = stats[f"{c}/{v}"]
+        lines.append(f"| {c} | {LABEL[v]} | {s['n']} | " + " | ".join(cell(s, k) for k in METRICS)
+                     + f" | {cell(s, 'one_per_group')} | " + (f"{s['train_s'][0]:.0f}" if "train_s" in s else "-")
+                     + " |")
+    rare = [(c, v) for c, v in present if c in ("clean", "rare-0.01")]
+    if any(c == "rare-0.01" for c, _ in rare):
+        lines += ["", f"### Rare attributes: {', '.join(RARE)} at their natural rates (clean) and with their "
+                  "training positives subsampled to 1% (rare-0.01)", "",
+                  "| condition | head | seeds | their mA | " + " | ".join(RARE) + " |", "|---|---|---|---|"
+                  + "---|" * len(RARE)]
+        for c, v in rare:
+            s = stats[f"{c}/{v}"]
+            lines.append(f"| {c} | {LABEL[v]} | {s['n']} | {cell(s, 'rare_mA')} | "
+                         + " | ".join(cell(s, f"mA:{n}") for n in RARE) + " |")
+    hidden = [(c, v) for c, v in present if c == "hidden"]
+    if hidden:
+        lines += ["", f"### The hidden variant: {', '.join(synth.HIDDEN)} (behind an object in "
+                  f"{HIDDEN_FRACTION:.0%} of the images)", "",
+                  "mA and instance F1 over these attributes alone, on the test images where they are hidden and where "
+                  "they are visible. The ceiling is the best any model can reach on hidden images, computed from the "
+                  "label sampler (synth.ceiling: F1 over every set, F1 in brackets over the sets the sampler draws); "
+                  "blind is the same decision without the image.", "",
+                  "| head | seeds | mA, hidden | F1, hidden | mA, visible | F1, visible |", "|---|---|---|---|---|---|"]
+        for c, v in hidden:
+            s = stats[f"{c}/{v}"]
+            lines.append(f"| {LABEL[v]} | {s['n']} | " + " | ".join(
+                cell(s, f"hidden_{k}_on_{w}") for w in ("hidden", "visible") for k in ("mA", "F1")) + " |")
+        lines.append(f"| ceiling | | {ceiling['mA']:.2f} | {ceiling['F1']:.2f} ({ceiling['F1_config']:.2f}) | | |")
+        lines.append(f"| blind | | {ceiling['blind_mA']:.2f} | {ceiling['blind_F1']:.2f} "
+                     f"({ceiling['blind_F1_config']:.2f}) | | |")
     return "\n".join(lines)
-
-
-def plot(stats, path):
-    """mA against the amount of symmetric noise, of missing labels and of imbalance (the rare attributes' own mA),
-    one line per head, a bar from the lowest to the highest seed."""
-    panels = [("symmetric noise: flip rate", "noise/symmetric {}", (0.0,) + SYMMETRIC, "mA"),
-              ("missing labels: positives dropped", "noise/missing {}", (0.0,) + MISSING, "mA"),
-              ("imbalance: rare attributes' mA", "imbalance/rare {}", ("natural",) + RARE_RATES, "focus_mA")]
-    W, H, m = 360, 300, 50
-    img = Image.new("RGB", (W * len(panels), H), "white")
-    d = ImageDraw.Draw(img)
-    colours = dict(sequencepar=(200, 40, 40), linear=(40, 80, 200))
-    for k, (title, pattern, levels, metric) in enumerate(panels):
-        pts = {}
-        for head, _ in HEADS:
-            for x, level in enumerate(levels):
-                g = f"heads/weighted/{head}" if x == 0 else pattern.format(level) + f"/{head}"
-                if g in stats:
-                    rows = [float(r[metric]) for r in stats[g]["rows"]]
-                    pts.setdefault(head, []).append((x, np.mean(rows), min(rows), max(rows)))
-        values = [v for p in pts.values() for _, _, lo, hi in p for v in (lo, hi)]
-        if not values:
-            continue
-        lo, hi = np.floor(min(values) - 1), np.ceil(max(values) + 1)
-        x0, y0, w, h = k * W + m, 30, W - m - 15, H - 30 - m
-
-        def at(x, y):
-            return x0 + w * x / max(1, len(levels) - 1), y0 + h * (hi - y) / (hi - lo)
-        d.text((k * W + 10, 8), title, fill="black")
-        d.rectangle((x0, y0, x0 + w, y0 + h), outline="black")
-        for t in np.linspace(lo, hi, 5):
-            d.text((k * W + 8, at(0, t)[1] - 6), f"{t:.1f}", fill="black")
-        for x, level in enumerate(levels):
-            d.text((at(x, lo)[0] - 12, y0 + h + 6), str(level), fill="black")
-        for head, p in pts.items():
-            xy = [at(x, y) for x, y, _, _ in p]
-            if len(xy) > 1:
-                d.line(xy, fill=colours[head], width=2)
-            for (x, _, a, b), (px, py) in zip(p, xy):
-                d.line((px, at(x, a)[1], px, at(x, b)[1]), fill=colours[head])
-                d.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colours[head])
-        for i, (head, name) in enumerate(HEADS):
-            d.text((x0 + 8, y0 + h - 30 + 14 * i), name, fill=colours[head])
-    save_atomic(path, lambda f: img.save(f, format="PNG"))
 
 
 def report(cfg, results_path):
     results = read_results(results_path)
-    stats = summarise(results)
-    commits = sorted({r["commit"] for r in results.values()})
-    text = tables(stats, ", ".join(commits))
+    commits = ", ".join(sorted({r["commit"] for r in results.values()}))
+    ceiling = synth.ceiling(n=20_000 if cfg.quick else 200_000) if any(
+        r["condition"] == "hidden" for r in results.values()) else None
     md = os.path.join(cfg.out_dir, "results.md")
-    save_atomic(md, lambda f: f.write((text + "\n").encode()))
-    plot(stats, os.path.join(cfg.out_dir, "results.png"))
+    save_atomic(md, lambda f: f.write((tables(summarise(results), commits, ceiling) + "\n").encode()))
     return md
 
 # -----------------------------------------------------------------------------
@@ -457,47 +464,33 @@ def main(argv):
         cfg.root = overrides.get("root", os.path.join(cfg.out_dir, "synth"))
         if not os.path.exists(os.path.join(cfg.root, "labels.csv")):
             synth.make_synthetic(cfg.root, 400, seed=1)  # 320 train images: 5 batches of 64
-    chosen = cfg.only.split(",") if cfg.only else list(EXPERIMENTS)
-    unknown = [e for e in chosen if e not in EXPERIMENTS]
+    chosen = cfg.only.split(",") if cfg.only else list(CONDITIONS)
+    unknown = [c for c in chosen if c not in CONDITIONS]
     if unknown:
-        raise UserError(f"--only={cfg.only}: unknown experiment {unknown[0]!r}; expected some of {','.join(EXPERIMENTS)}")
-    if "beam" in chosen and "heads" not in chosen:
-        chosen.append("heads")  # beam search decodes the heads experiment's checkpoints
+        raise UserError(f"--only={cfg.only}: unknown condition {unknown[0]!r}; expected some of {','.join(CONDITIONS)}")
     for name, ok in (("steps", cfg.steps >= 1), ("seeds", 1 <= cfg.seeds <= 3), ("jobs", cfg.jobs >= 1)):
         if not ok:
             raise UserError(f"--{name}={getattr(cfg, name)}: expected {'1 to 3' if name == 'seeds' else '1 or more'}")
-    cfg.only = ",".join(chosen)
     os.makedirs(cfg.out_dir, exist_ok=True)
     results_path = os.path.join(cfg.out_dir, "results.csv")
+    if os.path.exists(results_path):
+        with open(results_path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != FIELDS:
+            raise UserError(f"{results_path}: not the results of this version of experiments.py (other columns); "
+                            "move it away or choose another --out_dir")
     base = D.load_dataset("synth", cfg.root)
     datasets, notes = prepare_datasets(cfg, base, chosen)
     for note in notes:
         print(note)
-    seeds = list(range(cfg.seeds))
-    failed = []
-    # first everything but the runs whose step count depends on measured times
-    runs = plan(cfg, base, seeds, datasets, None)
-    failed += execute(cfg, [r for r in runs if r.experiment != "beam"], results_path, base)
-    failed += execute(cfg, [r for r in runs if r.experiment == "beam"], results_path, base)
-    stats = summarise(read_results(results_path))
-    if "heads" in chosen:
-        # equal time: the linear head gets the steps that take SequencePAR its training time, as both measured here
-        equal = {}
-        for w in ("weighted", "unweighted"):
-            seq, lin = stats.get(f"heads/{w}/sequencepar"), stats.get(f"heads/{w}/linear")
-            if seq and lin and seq["train_s"][0] > 0 and lin["train_s"][0] > 0:
-                equal[w] = round(cfg.steps * seq["train_s"][0] / lin["train_s"][0])
-        runs = plan(cfg, base, seeds, datasets, equal or None)
-        failed += execute(cfg, [r for r in runs if "equal time" in r.condition], results_path, base)
-    wanted = third_seeds(runs, read_results(results_path)) if cfg.seeds == 2 else set()
+    failed = execute(cfg, plan(cfg, range(cfg.seeds), datasets, chosen), results_path)
+    wanted = third_seeds(read_results(results_path)) if cfg.seeds == 2 else set()
     if wanted:
         print(f"a third seed for {len(wanted)} groups whose seeds disagree by more than their difference")
-        extra = [r for r in plan(cfg, base, [2], datasets, equal if "heads" in chosen else None)
-                 if r.key.rsplit("/", 1)[0] in wanted]
-        failed += execute(cfg, [r for r in extra if r.experiment != "beam"], results_path, base)
-        failed += execute(cfg, [r for r in extra if r.experiment == "beam"], results_path, base)
+        failed += execute(cfg, [r for r in plan(cfg, [2], datasets, chosen) if (r.condition, r.variant) in wanted],
+                          results_path)
     md = report(cfg, results_path)
-    print(f"wrote {results_path}, {md} and {os.path.join(cfg.out_dir, 'results.png')}")
+    print(f"wrote {results_path} and {md}")
     if failed:
         raise SystemExit(f"error: {len(failed)} runs failed: {', '.join(failed)}")
     return 0
