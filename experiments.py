@@ -455,15 +455,11 @@ def report(cfg, results_path):
 
 def main(argv):
     overrides = cli.parse_overrides(argv, ExperimentsConfig)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill is a Ctrl-C: the runs save, then we stop
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # (also when started in the background, where it is ignored)
     cfg = ExperimentsConfig(**overrides)
     if cfg.quick:
         cfg.out_dir = overrides.get("out_dir", os.path.join("out", "experiments-quick"))
         cfg.steps, cfg.seeds = overrides.get("steps", 4), overrides.get("seeds", 1)
         cfg.root = overrides.get("root", os.path.join(cfg.out_dir, "synth"))
-        if not os.path.exists(os.path.join(cfg.root, "labels.csv")):
-            synth.make_synthetic(cfg.root, 400, seed=1)  # 320 train images: 5 batches of 64
     chosen = cfg.only.split(",") if cfg.only else list(CONDITIONS)
     unknown = [c for c in chosen if c not in CONDITIONS]
     if unknown:
@@ -479,10 +475,15 @@ def main(argv):
         if header != FIELDS:
             raise UserError(f"{results_path}: not the results of this version of experiments.py (other columns); "
                             "move it away or choose another --out_dir")
+    if cfg.quick and not os.path.exists(os.path.join(cfg.root, "labels.csv")):
+        synth.make_synthetic(cfg.root, 400, seed=1)  # 320 train images: 5 batches of 64
     base = D.load_dataset("synth", cfg.root)
     datasets, notes = prepare_datasets(cfg, base, chosen)
     for note in notes:
         print(note)
+    # (the drawing's worker processes are gone: they would inherit these)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill is a Ctrl-C: the runs save, then we stop
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (also when started in the background, where it is ignored)
     failed = execute(cfg, plan(cfg, range(cfg.seeds), datasets, chosen), results_path)
     wanted = third_seeds(read_results(results_path)) if cfg.seeds == 2 else set()
     if wanted:

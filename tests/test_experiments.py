@@ -1,5 +1,6 @@
-"""experiments.py: the corruptions change exactly what they say and never the test split; --quick=True writes every
-file it promises, and a second run re-runs nothing."""
+"""experiments.py: the corruptions change exactly what they say and never the test split; a run's row holds the
+metrics of its predictions (the exclusive groups, the hidden attributes on hidden and visible images); --quick=True
+writes every file it promises, decodes after training, and a second run re-runs nothing."""
 import csv
 import json
 import os
@@ -10,6 +11,7 @@ import pytest
 
 import data
 import experiments
+import synth
 from conftest import run_script
 
 
@@ -53,46 +55,112 @@ def test_subsample_positives_reaches_the_rate_and_keeps_test(split_labels):
 
 def test_write_variant_is_a_csv_dataset_of_the_same_images(synth_root, tmp_path):
     base = data.load_dataset("synth", synth_root)
-    order = list(reversed(range(len(base.attr_names))))
     labels, _ = experiments.flip_labels(base.labels, base.splits["train"], 0.1, np.random.default_rng(0))
-    folder = experiments.write_variant(str(tmp_path / "v"), base, labels, base.splits, order)
+    folder = experiments.write_variant(str(tmp_path / "v"), base, labels, base.splits)
     v = data.load_dataset("csv", folder)
-    assert v.attr_names == [base.attr_names[j] for j in order]
+    assert v.attr_names == base.attr_names
     assert [os.path.realpath(p) for p in v.image_paths] == [os.path.realpath(p) for p in base.image_paths]
-    assert (v.labels == labels[:, order]).all()
+    assert (v.labels == labels).all()
     assert all((v.splits[s] == base.splits[s]).all() for s in base.splits)
+
+
+def write_predictions(folder, names, gt, pred, paths):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "predictions_test.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image"] + [f"{k}:{n}" for n in names for k in ("pred", "prob")] + [f"gt:{n}" for n in names])
+        for path, g, p in zip(paths, gt, pred):
+            w.writerow([path] + [v for j in range(len(names)) for v in (p[j], 0.5)] + list(g))
+    m = dict(overall=dict(mA=1.0, Acc=2.0, Prec=3.0, Rec=4.0, F1=5.0), commit="abc",
+             attributes={n: dict(mA=10.0 * (j + 1)) for j, n in enumerate(names)})
+    with open(os.path.join(folder, "metrics_test.json"), "w") as f:
+        json.dump(m, f)
+
+
+def test_result_row_counts_exclusive_groups_and_scores_hidden_attributes_where_they_are_hidden(tmp_path):
+    names = synth.ATTRS
+    root = tmp_path / "set"
+    os.makedirs(root)
+    with open(root / "hidden.csv", "w") as f:
+        f.write("image\nimages/0.png\nimages/1.png\n")
+    paths = [str(root / "images" / f"{i}.png") for i in range(4)]
+    gt, pred = np.zeros((4, len(names)), int), np.zeros((4, len(names)), int)
+    one_each = [names.index(n) for n in ("Age18-60", "Front", "LongSleeve", "Trousers")]
+    gt[:, one_each] = pred[:, one_each] = 1
+    pred[1, names.index("Shorts")] = 1  # two lower garments: image 1 breaks a group
+    pred[2, names.index("Front")] = 0   # no view: image 2 breaks a group
+    pred[3, names.index("Trousers")] = 0  # image 3 visible, Trousers missed: the visible images' Trousers recall 1/2
+    run = experiments.Run("hidden/linear/s0", "hidden", "linear", 0, 4, ("synth", str(root)))
+    write_predictions(tmp_path / "r", names, gt, pred, paths)
+    row = experiments.result_row(run, str(tmp_path / "r"))
+    assert row["one_per_group"] == "25.00" and row["mA"] == "1.00" and row["mAP"] == "" and row["train_s"] == ""
+    assert row["rare_mA"] == f"{np.mean([10.0 * (names.index(n) + 1) for n in experiments.RARE]):.2f}"
+    # hidden images 0, 1 on Trousers, Shorts, Skirt, Boots: image 0 all right; image 1 adds Shorts, a false positive.
+    # Per attribute (positive recall + negative recall) / 2, an attribute with no positives has positive recall 0:
+    # Trousers (1 + 0) / 2, Shorts (0 + 1/2) / 2, Skirt (0 + 1) / 2, Boots (0 + 1) / 2; F1 image 0: 1, image 1: 2/3
+    assert float(row["hidden_mA_on_hidden"]) == pytest.approx(100 * (0.5 + 0.25 + 0.5 + 0.5) / 4, abs=0.01)
+    assert float(row["hidden_F1_on_hidden"]) == pytest.approx(100 * (1 + 2 / 3) / 2, abs=0.01)
+    # visible images 2, 3: Trousers recall 1/2, the rest all negative and predicted negative; F1: image 2 1, image 3 0
+    assert float(row["hidden_mA_on_visible"]) == pytest.approx(100 * (0.25 + 0.5 + 0.5 + 0.5) / 4, abs=0.01)
+    assert float(row["hidden_F1_on_visible"]) == pytest.approx(50, abs=0.01)
+    # another condition has no hidden columns
+    row = experiments.result_row(experiments.Run("clean/linear/s0", "clean", "linear", 0, 4), str(tmp_path / "r"))
+    assert "hidden_mA_on_hidden" not in row
+
+
+def test_third_seeds_go_where_two_seeds_disagree_by_more_than_the_difference():
+    def rows(condition, variant, *values, key="mA"):
+        return {f"{condition}/{variant}/s{i}": {"key": f"{condition}/{variant}/s{i}", key: str(v)}
+                for i, v in enumerate(values)}
+    results = {**rows("clean", "sequencepar", 90, 91), **rows("clean", "query", 88, 89),  # apart by 2, spread 1
+               **rows("clean", "linear", 87, 90),  # 0 from query, spread 3: linear and query get a third seed
+               **rows("clean", "sequencepar-greedy", 90.5, 91.5),  # 0.5 from sequencepar, spread 1: both
+               **rows("rare-0.01", "sequencepar", 50, 80, key="rare_mA"),  # judged by the rare attributes' mA
+               **rows("rare-0.01", "query", 60, 61, key="rare_mA")}
+    wanted = experiments.third_seeds(results)
+    # the decodings of a training run that gets a third seed come with it
+    assert wanted == {("clean", "query"), ("clean", "linear"), ("clean", "sequencepar"), ("clean", "sequencepar-greedy"),
+                      ("rare-0.01", "sequencepar"), ("rare-0.01", "query")}
 
 
 def test_quick_experiments_write_every_promised_file(tmp_path):
     out = tmp_path / "exp"
-    r = run_script("experiments.py", "--quick=True", f"--out_dir={out}")
+    r = run_script("experiments.py", "--quick=True", "--only=clean,hidden,symmetric-0.2", f"--out_dir={out}")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    for name in ("results.csv", "results.md", "results.png"):
+    for name in ("results.csv", "results.md"):
         assert os.path.getsize(out / name) > 0
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert {r["experiment"] for r in rows} == set(experiments.EXPERIMENTS)
-    conditions = {(r["experiment"], r["condition"], r["head"]) for r in rows}
-    for head in ("sequencepar", "linear"):
-        assert {("heads", "weighted", head), ("noise", "symmetric 0.3", head), ("noise", "missing 0.4", head),
-                ("imbalance", "rare 0.01", head)} <= conditions
-    assert ("heads", "weighted, equal time", "linear") in conditions and ("depth", "6 layers", "sequencepar") in conditions
-    assert {r["steps"] for r in rows if "equal time" not in r["condition"]} == {"4"}
-    assert all(0 <= float(r["mA"]) <= 100 for r in rows)
+    variants = {(r["condition"], r["variant"]) for r in rows}
+    assert variants == {(c, v) for c in ("clean", "hidden", "symmetric-0.2") for v in
+                        ("sequencepar", "sequencepar-greedy", "query", "linear")} | {
+        ("clean", "sequencepar-beam3"), ("symmetric-0.2", "sequencepar-unweighted"),
+        ("symmetric-0.2", "sequencepar-unweighted-greedy")}
+    assert {r["steps"] for r in rows} == {"4"} and all(0 <= float(r["mA"]) <= 100 for r in rows)
+    assert all((r["mAP"] == "") == (r["variant"].endswith(("greedy", "beam3"))) for r in rows)
+    assert all((r["hidden_F1_on_hidden"] != "") == (r["condition"] == "hidden") for r in rows)
+    # a decoding starts once the run it decodes is done
+    lines = r.stdout.splitlines()
+    start = {line.split()[2]: i for i, line in enumerate(lines) if " start " in line}
+    done = {line.split()[2].rstrip(":"): i for i, line in enumerate(lines) if " done " in line}
+    assert done["clean/sequencepar/s0"] < start["clean/sequencepar-greedy/s0"]
     md = (out / "results.md").read_text()
-    assert all(f"### {t}" in md for t in ("Heads", "Label noise", "Imbalance", "SequencePAR's decoder depth",
-                                          "Decoding", "The order"))
+    assert all(t in md for t in ("### Every condition", "### The hidden variant", "| ceiling |", "| blind |"))
     # a second run finds every run in results.csv and trains nothing
-    again = run_script("experiments.py", "--quick=True", f"--out_dir={out}")
+    again = run_script("experiments.py", "--quick=True", "--only=clean,hidden,symmetric-0.2", f"--out_dir={out}")
     assert again.returncode == 0 and " start " not in again.stdout
     with open(out / "results.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
 
 
-def test_experiments_refuse_bad_options():
-    r = run_script("experiments.py", "--only=heads,nope")
+def test_experiments_refuse_bad_options(tmp_path):
+    r = run_script("experiments.py", "--only=clean,nope")
     assert r.returncode == 1 and r.stderr.strip() == (
-        "error: --only=heads,nope: unknown experiment 'nope'; expected some of heads,noise,imbalance,depth,beam,order")
+        "error: --only=clean,nope: unknown condition 'nope'; expected some of "
+        "clean,hidden,symmetric-0.2,missing-0.4,rare-0.01,symmetric-0.3")
+    (tmp_path / "results.csv").write_text("key,experiment,condition\n")  # an older version's results
+    r = run_script("experiments.py", "--quick=True", f"--out_dir={tmp_path}", f"--root={tmp_path / 'synth'}")
+    assert r.returncode == 1 and r.stderr.strip().startswith(f"error: {tmp_path / 'results.csv'}: not the results")
 
 
 def test_a_run_that_finished_but_was_not_recorded_is_recorded_from_its_files(trained_run, synth_root, tmp_path,
@@ -100,17 +168,16 @@ def test_a_run_that_finished_but_was_not_recorded_is_recorded_from_its_files(tra
     # stopped while a finished run was still alive (its test written, its exit not seen): the next start records it
     # from its own files and trains nothing
     cfg = experiments.ExperimentsConfig(out_dir=str(tmp_path), root=synth_root)
-    run = experiments.Run("heads/weighted/sequencepar/s0", "heads", "weighted", "sequencepar", 0, 16, synth_root)
+    run = experiments.Run("clean/sequencepar/s0", "clean", "sequencepar", 0, 16, ("synth", synth_root))
     shutil.copytree(trained_run[0], experiments.run_dir(cfg, run.key))
     monkeypatch.setattr(experiments.subprocess, "Popen", lambda *a, **k: pytest.fail("a finished run was started again"))
-    base = data.load_dataset("synth", synth_root)
     results = str(tmp_path / "results.csv")
-    assert experiments.execute(cfg, [run], results, base, log=lambda *a: None) == []
+    assert experiments.execute(cfg, [run], results, log=lambda *a: None) == []
     row = experiments.read_results(results)[run.key]
     m = json.loads(open(os.path.join(trained_run[0], "metrics_test.json")).read())
     assert row["mA"] == f"{m['overall']['mA']:.2f}" and float(row["train_s"]) == pytest.approx(m["train_s"], abs=0.05)
     # a run of fewer steps than the plan's is not the planned run: it is trained again
-    longer = experiments.Run("heads/weighted/linear/s0", "heads", "weighted", "linear", 0, 24, synth_root)
+    longer = experiments.Run("clean/linear/s0", "clean", "linear", 0, 24, ("synth", synth_root))
     shutil.copytree(trained_run[0], experiments.run_dir(cfg, longer.key))
     with pytest.raises(pytest.fail.Exception, match="started again"):
-        experiments.execute(cfg, [longer], results, base, log=lambda *a: None)
+        experiments.execute(cfg, [longer], results, log=lambda *a: None)
