@@ -46,7 +46,7 @@ import clip
 import train
 import synth
 from data import PROMPTS, load_dataset
-from pixels import PARImages, augment, crop_pad, load_images
+from dataset import PARImages, augment, crop_pad, load_images
 from decoder import BOS, EOS, N_SPECIAL, DecoderConfig, SequencePAR, labels_to_targets, targets_to_labels
 
 PROMPTS_35 = list(PROMPTS.values())[:35]  # PETA's 35 prompts, in sequence order
@@ -65,7 +65,6 @@ class BenchConfig:
     repeats: int = 0              # timed runs, the best one counts; 0: 3, or 1 for a released model
     threads: int = 0              # CPU threads; 0: torch's default
     train: bool = False           # the demo's training step instead (see above)
-    RENAMED = dict(batch="it is --batch_size now")
 
 
 def parse_args(argv):

@@ -16,27 +16,6 @@ from cli import MissingFile, UserError
 from decoder import DecoderConfig, LinearHead, QueryHead, SequencePAR
 
 
-def save_atomic(path, write, tmp=None):
-    """Writes a file through write(f) to path + ".tmp" (or `tmp`), flushed to disk, then renamed over path: a crash
-    leaves the old file or the new one, never half of one, and a failed write (a full disk) leaves no temporary file."""
-    tmp = tmp or path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        cause = e  # torch.save reports a failed write as a RuntimeError raised while handling the OSError
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__context__
-        if cause is None:
-            raise
-        raise UserError(f"cannot write {path} ({cause.strerror or cause}); the previous file, if any, is unchanged") from None
-
-
 def load_checkpoint(path):
     """A train.py checkpoint: a dict of tensors and plain values, read with weights_only=True, so no code in the file
     can run. Any other file gets a one-line error naming it."""

@@ -9,7 +9,7 @@ no quotes, bools are True or False, numbers are numbers. A bool option alone (`-
 the next argument only when that is True or False, so `sample.py --json img.jpg` still reads img.jpg as an image.
 The options that name files or folders (the dataclass's PATHS) get ~ expanded. `--help` prints the options with
 their defaults and the comments beside the fields, read off the dataclass's source, so the help and the code cannot
-disagree. An option renamed since an earlier version (the dataclass's RENAMED) is refused with its new name.
+disagree.
 
 `run` is every script's __main__. What a user can mend (a bad option, a missing or corrupt file, a wrong dataset, no
 network) is raised as a `UserError` and ends in one line, "error: ...", and exit status 1; so does an error of the
@@ -44,7 +44,7 @@ def script_of(config_class):
 def split_args(argv, config_class):
     """({field: value} of the options in argv, checked against the fields of config_class; the other arguments)."""
     types = {f.name: f.type for f in dataclasses.fields(config_class)}
-    renamed, paths = getattr(config_class, "RENAMED", {}), getattr(config_class, "PATHS", ())
+    paths = getattr(config_class, "PATHS", ())
     overrides, rest, args = {}, [], list(argv)
     while args:
         arg = args.pop(0)
@@ -52,8 +52,6 @@ def split_args(argv, config_class):
             rest.append(os.path.expanduser(arg))
             continue
         key, eq, text = arg[2:].partition("=")
-        if key in renamed:
-            raise UserError(f"--{key}: {renamed[key]}")
         if key not in types:
             raise UserError(f"unknown option --{key}; valid options: {', '.join(types)}")
         if not eq and types[key] is bool:  # a bool alone is True; it takes the next argument only if that is a bool
@@ -145,3 +143,24 @@ def resolve_device(name):
     if m and int(m[1] or 0) >= torch.cuda.device_count():
         raise UserError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA GPUs")
     return name
+
+
+def save_atomic(path, write, tmp=None):
+    """Writes a file through write(f) to path + ".tmp" (or `tmp`), flushed to disk, then renamed over path: a crash
+    leaves the old file or the new one, never half of one, and a failed write (a full disk) leaves no temporary file."""
+    tmp = tmp or path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        cause = e  # torch.save reports a failed write as a RuntimeError raised while handling the OSError
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise UserError(f"cannot write {path} ({cause.strerror or cause}); the previous file, if any, is unchanged") from None

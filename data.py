@@ -1,7 +1,7 @@
 """
 Pedestrian attribute datasets, read from the files as their owners distribute them: PETA, PA100K, RAPv1, RAPv2,
 WIDER, the zero-shot splits and any dataset pickle in their layout, and a folder with a labels.csv (the synthetic set
-of the demo, drawn by synth.py, is one). How the images then reach the model is pixels.py's part.
+of the demo, drawn by synth.py, is one). How the images then reach the model is dataset.py's part.
 
 Every reader returns the same small record (PARData): N image paths, an (N, A) uint8 label matrix in {0, 1}, the
 A attribute names in dataset column order (the order of the target sequence), one prompt sentence per attribute,
@@ -24,9 +24,8 @@ import scipy.io
 import cli
 from cli import MissingFile, UserError
 import synth
-from clip import CLIPConfig
-from pixels import check_images
-from tokenizer import tokenize
+from dataset import check_images
+from tokenizer import CONTEXT_LENGTH, tokenize
 
 
 @dataclass
@@ -316,9 +315,9 @@ def _read_prompts(data, path):
             raise UserError(f"{prompts_path}: row {','.join(r)} is not attribute,prompt for an attribute read from "
                             f"{os.path.basename(path)}")
         try:
-            tokenize(r[1], context_length=CLIPConfig.context_length)
+            tokenize(r[1])
         except ValueError:
-            raise UserError(f"{prompts_path}: the prompt for {r[0]} is longer than the {CLIPConfig.context_length} "
+            raise UserError(f"{prompts_path}: the prompt for {r[0]} is longer than the {CONTEXT_LENGTH} "
                             "tokens CLIP's text encoder reads; shorten it") from None
         data.prompts[data.attr_names.index(r[0])] = r[1]
     return data
@@ -458,8 +457,6 @@ class DataConfig:
     partition: int = 0            # which of a dataset's random partitions (PETA, RAP and the pickles have several)
     decode: bool = False          # open every image, not only check that it is there
     PATHS = ("root", "pkl", "images")
-    RENAMED = {k: "the synthetic set is drawn by python synth.py [--root=data/synth] [--n=40000] [--seed=0]"
-               for k in ("n", "seed")}
 
 
 EPILOG = (f"datasets: {', '.join(DATASETS)}\n(python synth.py draws the synthetic set anew)")

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import cli
-from cli import UserError
-from checkpoint import check_attributes, load_checkpoint, model_from_checkpoint, save_atomic
+from cli import UserError, save_atomic
+from checkpoint import check_attributes, load_checkpoint, model_from_checkpoint
 from data import load_dataset
 from decoder import AttributeDecoder, SequencePAR
-from pixels import PARImages, check_images, read_image
+from dataset import PARImages, check_images, read_image
 from run import hold_folder
 
 

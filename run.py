@@ -4,22 +4,19 @@ when the process ends, however it ends; the checks before a run starts or resume
 signals, which save the state before the run ends.
 """
 import csv
-import ctypes
 import dataclasses
 import errno
 import fcntl
 import io
-import multiprocessing
 import os
 import re
 import signal
 import sys
-import threading
 
 import torch
 
-from checkpoint import check_attributes, load_checkpoint, save_atomic
-from cli import MissingFile, UserError
+from checkpoint import check_attributes, load_checkpoint
+from cli import MissingFile, UserError, save_atomic
 
 RUN_FILES = ("ckpt.pt", "last.pt")  # a folder holding one of these holds a run
 # the files a run writes into its out_dir, and their temporary names while save_atomic writes them
@@ -226,25 +223,3 @@ class Interrupt:
     def __exit__(self, *exc):
         for s, previous in self.previous.items():
             signal.signal(s, previous)
-
-
-def worker_init(_):
-    # A DataLoader worker ends with the main process, and only then. Ctrl-C and a hang-up reach the whole process
-    # group, and a cluster's preemption may send SIGTERM to every process of the job: all three are the main
-    # process's to act on, so a worker ignores them, except a SIGTERM from its parent, which is how the parent ends
-    # it. On Linux the kernel also kills a worker the moment its parent dies, however the parent dies.
-    for s in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-        parent = multiprocessing.parent_process().pid
-        if os.getppid() != parent:  # the parent died before we asked
-            os._exit(0)
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # SIGTERM now waits for the thread below
-        threading.Thread(target=_end_on_sigterm_from, args=(parent,), daemon=True).start()
-
-
-def _end_on_sigterm_from(parent):
-    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
-        pass
-    os._exit(0)

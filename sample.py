@@ -20,10 +20,9 @@ from PIL import Image, ImageDraw
 
 import cli
 from cli import MissingFile, UserError
-import clip
 from checkpoint import load_checkpoint, model_from_checkpoint
 from evaluate import DECODING, decoding_options, scores_every_attribute
-from pixels import build_transform, read_image
+from dataset import MEAN, STD, build_transform, read_image
 from decoder import LinearHead, QueryHead, labels_to_targets
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -47,7 +46,6 @@ class SampleConfig:
     device: str = "auto"          # cuda when there is one
     compile: bool = False         # compile the image encoder first (torch.compile): worth it for many images on a GPU
     PATHS = ("ckpt", "out_dir")
-    RENAMED = dict(out="it is --out_dir now")
 
 
 def load_model(path, device="cpu", compile=False, ckpt=None):
@@ -223,7 +221,7 @@ def main(argv):
                 if maps is not None:
                     # SequencePAR chose its k-th emitted attribute at position k - 1; the query head decides attribute j
                     # at position j
-                    shown = images[b].new_tensor(clip.STD)[:, None, None] * images[b] + images[b].new_tensor(clip.MEAN)[:, None, None]
+                    shown = images[b].new_tensor(STD)[:, None, None] * images[b] + images[b].new_tensor(MEAN)[:, None, None]
                     shown = Image.fromarray((shown.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy())
                     chosen = maps[b, emitted] if isinstance(model, QueryHead) else maps[b, :len(emitted)]
                     draw_attention(shown, chosen.cpu(), [names[j] for j in emitted]).save(stem + "_attention.png")

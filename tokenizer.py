@@ -95,7 +95,10 @@ class SimpleTokenizer:
 _tokenizer = None
 
 
-def tokenize(texts, context_length=77, truncate=False):
+CONTEXT_LENGTH = 77  # the positions CLIP's text encoder reads
+
+
+def tokenize(texts, context_length=CONTEXT_LENGTH, truncate=False):
     """Token ids of one text or a list of texts, as a (N, context_length) LongTensor padded with zeros:
     <|startoftext|> text <|endoftext|>. A text that does not fit raises ValueError, unless truncate=True, which
     cuts it and keeps <|endoftext|> as the last token (the text encoder pools there)."""

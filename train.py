@@ -27,13 +27,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import cli
-from cli import UserError
+from cli import UserError, save_atomic
 import clip
-from checkpoint import load_checkpoint, save_atomic
+from checkpoint import load_checkpoint
 from data import label_warnings, load_dataset
 from decoder import DecoderConfig, LinearHead, QueryHead, SequencePAR, labels_to_targets
 from evaluate import decoding_options, evaluate, format_metrics, metrics, predict
-from pixels import EpochBatches, check_images, make_batches
+from dataset import EpochBatches, check_images, make_batches
 from run import CSVLog, Interrupt, prepare_out_dir, resume, run_steps
 
 
@@ -82,8 +82,6 @@ class TrainConfig:
     preset: str = "auto"          # synth: the demo's small model and schedule; paper: the paper's recipe (the
                                   # defaults above); auto: synth for --dataset=synth, paper for any other dataset
     PATHS = ("root", "pkl", "images", "clip", "out_dir")  # the options that name files or folders: ~ is expanded
-    RENAMED = dict(decoder_lr="it is --head_lr now", **dict.fromkeys(("eval_only", "ckpt", "split", "pictures"),
-                   "scoring a checkpoint is python evaluate.py --ckpt=out/ckpt.pt [--split=test] [--pictures=16]"))
 
 
 # A preset replaces the paper's defaults with others; options given on the command line still win. The synthetic set

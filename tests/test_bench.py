@@ -72,8 +72,7 @@ def test_training_section_prints_every_figure(capsys):
 
 
 def test_bench_options_are_checked_before_any_work():
-    for arg, message in (("--batch=8", "--batch: it is --batch_size now"),
-                         ("--batch_size=-1", "--batch_size=-1: expected a positive number of images, or 0 for the default"),
+    for arg, message in (("--batch_size=-1", "--batch_size=-1: expected a positive number of images, or 0 for the default"),
                          ("--clip=ViT-H/14", "--clip=ViT-H/14: expected a released architecture (ViT-B/32, "),
                          ("--dtype=fp16", "--dtype=fp16: expected fp32, or bf16"),
                          ("--device=cuda:99", "--device=cuda:99: this machine has"),

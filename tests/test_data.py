@@ -12,7 +12,7 @@ import scipy.io
 from PIL import Image
 
 import data
-import pixels
+import dataset
 
 PETA_35 = ("accessoryHat accessoryMuffler accessoryNothing accessorySunglasses hairLong upperBodyCasual "
            "upperBodyFormal upperBodyJacket upperBodyLogo upperBodyPlaid upperBodyShortSleeve upperBodyThinStripes "
@@ -524,7 +524,7 @@ def test_missing_and_unreadable_images(tmp_path):
     write_csv(str(tmp_path / "c"), ["a.png,train,1,0", "bad.png,train,0,1", "gone.png,test,0,0"])
     tiny_image(str(tmp_path / "c" / "a.png"))
     (tmp_path / "c" / "bad.png").write_bytes(b"\x89PNG truncated")
-    ds = pixels.PARImages(data.load_dataset("csv", str(tmp_path / "c")), [0, 1, 2], size=16, train=False)
+    ds = dataset.PARImages(data.load_dataset("csv", str(tmp_path / "c")), [0, 1, 2], size=16, train=False)
     assert ds[0][0].shape == (3, 16, 16) and ds[0][1].tolist() == [1, 0]
     with pytest.raises(ValueError, match=r"cannot read image .*c/bad\.png"):
         ds[1]
@@ -553,10 +553,8 @@ def test_summary_command_checks_every_image(tmp_path, capsys):
         data.main(["--dataset=peta", f"--root={tmp_path}", "--decode=True"])
     with pytest.raises(ValueError, match=r"^unknown option --rot; valid options: dataset, root"):
         data.main(["--dataset=peta", "--rot=x"])
-    with pytest.raises(ValueError, match=r"^--n: the synthetic set is drawn by python synth\.py"):
-        data.main(["--dataset=peta", "--n=5"])  # drawing is synth.py's job
     with pytest.raises(ValueError, match=r"^python data\.py peta: the dataset is an option, --dataset=peta$"):
-        data.main(["peta"])  # the grammar of earlier versions
+        data.main(["peta"])
 
 
 def test_script_prints_one_line_errors():

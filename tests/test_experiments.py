@@ -1,4 +1,4 @@
-"""experiments.py: the corruptions change exactly what they say and never the test split; a run's row holds the
+"""experiments/generation.py: the corruptions change exactly what they say and never the test split; a run's row holds the
 metrics of its predictions (the exclusive groups, the hidden attributes on hidden and visible images); --quick=True
 writes every file it promises, decodes after training, and a second run re-runs nothing."""
 import csv
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import data
-import experiments
 import synth
+from experiments import generation as experiments
 from conftest import run_script
 
 
@@ -125,7 +125,7 @@ def test_third_seeds_go_where_two_seeds_disagree_by_more_than_the_difference():
 
 def test_quick_experiments_write_every_promised_file(tmp_path):
     out = tmp_path / "exp"
-    r = run_script("experiments.py", "--quick=True", "--only=clean,hidden,symmetric-0.2", f"--out_dir={out}")
+    r = run_script("experiments/generation.py", "--quick=True", "--only=clean,hidden,symmetric-0.2", f"--out_dir={out}")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     for name in ("results.csv", "results.md"):
         assert os.path.getsize(out / name) > 0
@@ -147,19 +147,19 @@ def test_quick_experiments_write_every_promised_file(tmp_path):
     md = (out / "results.md").read_text()
     assert all(t in md for t in ("### Every condition", "### The hidden variant", "| ceiling |", "| blind |"))
     # a second run finds every run in results.csv and trains nothing
-    again = run_script("experiments.py", "--quick=True", "--only=clean,hidden,symmetric-0.2", f"--out_dir={out}")
+    again = run_script("experiments/generation.py", "--quick=True", "--only=clean,hidden,symmetric-0.2", f"--out_dir={out}")
     assert again.returncode == 0 and " start " not in again.stdout
     with open(out / "results.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
 
 
 def test_experiments_refuse_bad_options(tmp_path):
-    r = run_script("experiments.py", "--only=clean,nope")
+    r = run_script("experiments/generation.py", "--only=clean,nope")
     assert r.returncode == 1 and r.stderr.strip() == (
         "error: --only=clean,nope: unknown condition 'nope'; expected some of "
         "clean,hidden,symmetric-0.2,missing-0.4,rare-0.01,symmetric-0.3")
     (tmp_path / "results.csv").write_text("key,experiment,condition\n")  # an older version's results
-    r = run_script("experiments.py", "--quick=True", f"--out_dir={tmp_path}", f"--root={tmp_path / 'synth'}")
+    r = run_script("experiments/generation.py", "--quick=True", f"--out_dir={tmp_path}", f"--root={tmp_path / 'synth'}")
     assert r.returncode == 1 and r.stderr.strip().startswith(f"error: {tmp_path / 'results.csv'}: not the results")
 
 

@@ -239,7 +239,7 @@ REPORTED = {"last.pt", "ckpt.pt", "similarity.png", "similarity.csv", "failures_
 def kill_after(monkeypatch, nth, writes):
     """Hooks every write of an evaluation and of the final report (the saves of last.pt and ckpt.pt, the report files,
     the eval and test rows of log.csv): each is appended to `writes`, and the nth (1-based) ends the run right after."""
-    import checkpoint
+    import cli
     import run
 
     def done(name):
@@ -248,7 +248,7 @@ def kill_after(monkeypatch, nth, writes):
             raise Killed(name)
 
     def save_atomic(path, write, tmp=None):
-        checkpoint.save_atomic(path, write, tmp)
+        cli.save_atomic(path, write, tmp)
         if os.path.basename(path) in REPORTED:
             done(os.path.basename(path))
 

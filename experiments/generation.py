@@ -2,9 +2,9 @@
 Does generation pay? SequencePAR against the same decoder without generation (the query head) and against a linear
 multi-label head on the synthetic set, one mechanism at a time.
 
-    python experiments.py                          # every condition, two paired seeds: about 3 hours on two cores
-    python experiments.py --only=clean,hidden      # some conditions
-    python experiments.py --quick=True             # a tiny version, in a minute or two (make test runs it)
+    python experiments/generation.py                       # every condition, two paired seeds: hours on two cores
+    python experiments/generation.py --only=clean,hidden   # some conditions
+    python experiments/generation.py --quick=True          # a tiny version, in a minute or two (make test runs it)
 
 Every run is train.py's synth recipe (a tiny CLIP trained from scratch, the demo's 3,000 steps and schedule) in a
 process of its own with one thread, two side by side. A seed pairs the heads: for one seed every head starts from the
@@ -25,8 +25,8 @@ under these conditions (the training labels only; the test labels are always the
 A group whose two seeds disagree by more than its difference from the group it is compared with (query against
 sequencepar, linear against query, each variant against sequencepar) gets a third seed, with the group it is compared
 with. A run already in results.csv is not run again, so a stopped session continues where it stopped (a run stopped
-by Ctrl-C resumes from its last.pt). Writes out_dir/results.csv (one row per run, as runs finish) and results.md
-(the tables: the mean over seeds, +- half their range).
+by Ctrl-C resumes from its last.pt). Writes results.csv (one row per run, as runs finish) and results.md (the
+tables: the mean over seeds, +- half their range) beside this file; the runs and the changed sets go to out_dir.
 """
 import csv
 import functools
@@ -42,27 +42,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import cli
-from cli import UserError
-import data as D
-import synth
-from checkpoint import save_atomic
-from evaluate import metrics
-from run import finished_at
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py, evaluate.py, ...
+sys.path.insert(0, ROOT)
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+import cli  # noqa: E402
+from cli import UserError, save_atomic  # noqa: E402
+import data as D  # noqa: E402
+import synth  # noqa: E402
+from evaluate import metrics  # noqa: E402
+from run import finished_at  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
 class ExperimentsConfig:
-    out_dir: str = "out/experiments"  # results.csv/.md, runs/ (each run's folder) and data/ (the changed sets)
+    out_dir: str = "out/experiments"  # runs/ (each run's folder) and data/ (the changed sets)
+    results: str = HERE           # the folder of results.csv and results.md ("" in --quick=True: out_dir)
     root: str = "data/synth"      # the synthetic set (drawn there on first use)
     only: str = ""                # conditions to run, comma-separated ("": all of CONDITIONS)
     steps: int = 3000             # training steps of every run (the demo's)
     seeds: int = 2                # a third seed is added where two disagree by more than the effect they measure
     jobs: int = 2                 # runs side by side, one thread each
     quick: bool = False           # a tiny version: a small set, a few steps, one seed (out_dir out/experiments-quick)
-    PATHS = ("out_dir", "root")
+    PATHS = ("out_dir", "root", "results")
 
 
 CONDITIONS = ("clean", "hidden", "symmetric-0.2", "missing-0.4", "rare-0.01", "symmetric-0.3")  # the order they run in
@@ -400,7 +403,7 @@ LABEL = {"sequencepar": "SequencePAR, chain rule", "sequencepar-greedy": "Sequen
 
 def tables(stats, commits, ceiling):
     present = [(c, v) for c in CONDITIONS for v in VARIANTS if f"{c}/{v}" in stats]
-    lines = [f"Runs of `python experiments.py` (commits {commits}); each cell is the mean over the seeds ± half their "
+    lines = [f"Runs of `python experiments/generation.py` (commits {commits}); each cell is the mean over the seeds ± half their "
              "range, in percent, on the synthetic test split (its labels the true ones).", "",
              "### Every condition", "",
              "one per group: the share of test images whose prediction has exactly one attribute of each exclusive "
@@ -446,7 +449,7 @@ def report(cfg, results_path):
     commits = ", ".join(sorted({r["commit"] for r in results.values()}))
     ceiling = synth.ceiling(n=20_000 if cfg.quick else 200_000) if any(
         r["condition"] == "hidden" for r in results.values()) else None
-    md = os.path.join(cfg.out_dir, "results.md")
+    md = os.path.join(cfg.results, "results.md")
     save_atomic(md, lambda f: f.write((tables(summarise(results), commits, ceiling) + "\n").encode()))
     return md
 
@@ -460,6 +463,7 @@ def main(argv):
         cfg.out_dir = overrides.get("out_dir", os.path.join("out", "experiments-quick"))
         cfg.steps, cfg.seeds = overrides.get("steps", 4), overrides.get("seeds", 1)
         cfg.root = overrides.get("root", os.path.join(cfg.out_dir, "synth"))
+        cfg.results = overrides.get("results", cfg.out_dir)
     chosen = cfg.only.split(",") if cfg.only else list(CONDITIONS)
     unknown = [c for c in chosen if c not in CONDITIONS]
     if unknown:
@@ -468,13 +472,16 @@ def main(argv):
         if not ok:
             raise UserError(f"--{name}={getattr(cfg, name)}: expected {'1 to 3' if name == 'seeds' else '1 or more'}")
     os.makedirs(cfg.out_dir, exist_ok=True)
-    results_path = os.path.join(cfg.out_dir, "results.csv")
+    cfg.out_dir, cfg.root = os.path.abspath(cfg.out_dir), os.path.abspath(cfg.root)  # (the runs work in ROOT)
+    cfg.results = os.path.abspath(cfg.results or cfg.out_dir)
+    os.makedirs(cfg.results, exist_ok=True)
+    results_path = os.path.join(cfg.results, "results.csv")
     if os.path.exists(results_path):
         with open(results_path, newline="") as f:
             header = next(csv.reader(f), [])
         if header != FIELDS:
-            raise UserError(f"{results_path}: not the results of this version of experiments.py (other columns); "
-                            "move it away or choose another --out_dir")
+            raise UserError(f"{results_path}: not the results of this version of generation.py (other columns); "
+                            "move it away or choose another --results folder")
     if cfg.quick and not os.path.exists(os.path.join(cfg.root, "labels.csv")):
         synth.make_synthetic(cfg.root, 400, seed=1)  # 320 train images: 5 batches of 64
     base = D.load_dataset("synth", cfg.root)

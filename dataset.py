@@ -6,11 +6,13 @@ pixels: a torch Dataset of PIL transforms in DataLoader workers, for any dataset
 
 Shapes: N images, B batch, A attributes; an image is (3, size, size).
 """
+import ctypes
 import hashlib
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -18,10 +20,10 @@ import torch
 import torchvision.transforms as transforms
 from PIL import Image, ImageOps
 
-from cli import MissingFile, UserError
-from checkpoint import save_atomic
-from clip import MEAN, STD
-from run import worker_init
+from cli import MissingFile, UserError, save_atomic
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # the statistics of CLIP's training images, which every
+STD = (0.26862954, 0.26130258, 0.27577711)   # CLIP encoder expects its input normalised with
 
 # images: pad to square, resize, augment as the paper does, and the torch Dataset
 
@@ -251,3 +253,25 @@ class EpochBatches(torch.utils.data.Sampler):
             for batch in batches[k:, self.rank]:  # (batch_size,) indices
                 yield batch.tolist()
                 step += 1
+
+
+def worker_init(_):
+    # A DataLoader worker ends with the main process, and only then. Ctrl-C and a hang-up reach the whole process
+    # group, and a cluster's preemption may send SIGTERM to every process of the job: all three are the main
+    # process's to act on, so a worker ignores them, except a SIGTERM from its parent, which is how the parent ends
+    # it. On Linux the kernel also kills a worker the moment its parent dies, however the parent dies.
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        parent = multiprocessing.parent_process().pid
+        if os.getppid() != parent:  # the parent died before we asked
+            os._exit(0)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # SIGTERM now waits for the thread below
+        threading.Thread(target=_end_on_sigterm_from, args=(parent,), daemon=True).start()
+
+
+def _end_on_sigterm_from(parent):
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)
