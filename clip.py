@@ -56,16 +56,9 @@ class CLIPConfig:
     transformer_layers: int = 12
 
 
-# OpenAI's released ViTs: where each file lives (the second-to-last path segment of its URL is its SHA256) and its
-# size, so an architecture can be built, or checked, before anything is downloaded.
-_MODELS = {
-    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
-    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-    "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
-}
-# Their sizes, in the order of CLIPConfig's fields: the joint width D; the image encoder's resolution, layers, width,
-# heads, patch size and stem; the text encoder's context length, vocabulary, width, heads and layers.
+# The sizes of OpenAI's released ViTs, so an architecture can be built, or checked, before anything is downloaded; in
+# the order of CLIPConfig's fields: the joint width D; the image encoder's resolution, layers, width, heads, patch
+# size and stem; the text encoder's context length, vocabulary, width, heads and layers.
 _CONFIGS = {
     #                              D  res  layers     C  nh  patch  stem   ctx  vocab    C  nh  layers
     "ViT-B/32":       CLIPConfig(512, 224,     12,  768, 12,    32,  0, 0,  77, 49408, 512,  8,     12),
@@ -73,6 +66,13 @@ _CONFIGS = {
     "ViT-L/14":       CLIPConfig(768, 224,     24, 1024, 16,    14,  0, 0,  77, 49408, 768, 12,     12),
     "ViT-L/14@336px": CLIPConfig(768, 336,     24, 1024, 16,    14,  0, 0,  77, 49408, 768, 12,     12),
 }
+
+
+def config(name):
+    """The architecture of a released model (see available_models()), without downloading its weights."""
+    if name not in _CONFIGS:
+        raise UserError(f"unknown CLIP model {name!r}; available models: {', '.join(_CONFIGS)}")
+    return replace(_CONFIGS[name])  # a copy, so that no caller can change the table
 
 
 class QuickGELU(nn.Module):
@@ -260,15 +260,20 @@ def build_model(state_dict, text=True):
     return model.eval()
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading: OpenAI's released files by name (downloaded once and checked against their SHA256), or a file of weights.
+
+# Where each released file lives; the second-to-last path segment of its URL is the file's SHA256.
+_MODELS = {
+    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+}
+
+
 def available_models():
     return list(_MODELS)
-
-
-def config(name):
-    """The architecture of a released model (see available_models()), without downloading its weights."""
-    if name not in _CONFIGS:
-        raise UserError(f"unknown CLIP model {name!r}; available models: {', '.join(_CONFIGS)}")
-    return replace(_CONFIGS[name])  # a copy, so that no caller can change the table
 
 
 def _sha256(path):
