@@ -5,19 +5,16 @@ Parameter names are CLIP's own, so an official state dict loads with strict=True
 are fp32 (the released files hold fp16), and the numerics match the official model in fp32; train.py and evaluate.py
 run the forward passes under bf16 autocast on CUDA. Attention goes through F.scaled_dot_product_attention.
 
-Loading runs no code from a file handed to us: TorchScript archives are read as data (see _read_torchscript); only a
-file whose SHA256 is one of OpenAI's four released ones may fall back to torch.jit.load.
+Loading runs no code from a file handed to us: state dicts load with torch.load(weights_only=True), and a TorchScript
+archive (code and weights in one zip) reaches torch.jit.load only if its SHA256 is one of OpenAI's four released files.
 
 Shapes: B batch, L image tokens (1 + grid^2), S text positions, C transformer width, D joint embedding width,
 nh heads, hs head size (C = nh * hs).
 """
-import ast
-import collections
 import hashlib
 import http.client
 import math
 import os
-import pickle
 import re
 import sys
 import tempfile
@@ -56,16 +53,9 @@ class CLIPConfig:
     transformer_layers: int = 12
 
 
-# OpenAI's released ViTs: where each file lives (the second-to-last path segment of its URL is its SHA256) and its
-# size, so an architecture can be built, or checked, before anything is downloaded.
-_MODELS = {
-    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
-    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-    "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
-}
-# Their sizes, in the order of CLIPConfig's fields: the joint width D; the image encoder's resolution, layers, width,
-# heads, patch size and stem; the text encoder's context length, vocabulary, width, heads and layers.
+# The sizes of OpenAI's released ViTs, so an architecture can be built, or checked, before anything is downloaded; in
+# the order of CLIPConfig's fields: the joint width D; the image encoder's resolution, layers, width, heads, patch
+# size and stem; the text encoder's context length, vocabulary, width, heads and layers.
 _CONFIGS = {
     #                              D  res  layers     C  nh  patch  stem   ctx  vocab    C  nh  layers
     "ViT-B/32":       CLIPConfig(512, 224,     12,  768, 12,    32,  0, 0,  77, 49408, 512,  8,     12),
@@ -73,6 +63,13 @@ _CONFIGS = {
     "ViT-L/14":       CLIPConfig(768, 224,     24, 1024, 16,    14,  0, 0,  77, 49408, 768, 12,     12),
     "ViT-L/14@336px": CLIPConfig(768, 336,     24, 1024, 16,    14,  0, 0,  77, 49408, 768, 12,     12),
 }
+
+
+def config(name):
+    """The architecture of a released model (see available_models()), without downloading its weights."""
+    if name not in _CONFIGS:
+        raise UserError(f"unknown CLIP model {name!r}; available models: {', '.join(_CONFIGS)}")
+    return replace(_CONFIGS[name])  # a copy, so that no caller can change the table
 
 
 class QuickGELU(nn.Module):
@@ -260,15 +257,21 @@ def build_model(state_dict, text=True):
     return model.eval()
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading: OpenAI's released files by name (downloaded once and checked against their SHA256), or a file of weights.
+
+# Where each released file lives; the second-to-last path segment of its URL is the file's SHA256.
+_MODELS = {
+    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+}
+_RELEASED = {url.split("/")[-2] for url in _MODELS.values()}  # the SHA256 of OpenAI's four files
+
+
 def available_models():
     return list(_MODELS)
-
-
-def config(name):
-    """The architecture of a released model (see available_models()), without downloading its weights."""
-    if name not in _CONFIGS:
-        raise UserError(f"unknown CLIP model {name!r}; available models: {', '.join(_CONFIGS)}")
-    return replace(_CONFIGS[name])  # a copy, so that no caller can change the table
 
 
 def _sha256(path):
@@ -323,89 +326,15 @@ def _download(url, root):
     return target
 
 
-# Reading weights without running code. OpenAI's files are TorchScript archives: zip files holding the model's code
-# (code/*.py) next to its data (data.pkl, a pickle of the module objects, with each tensor's bytes in data/<key>).
-# torch.jit.load would run that code, so we read the data alone: our unpickler knows tensors and stand-ins for the
-# module objects, and refuses everything else.
-_DTYPES = {"HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
-           "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-           "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-           "BoolStorage": torch.bool}
-_RELEASED = {url.split("/")[-2] for url in _MODELS.values()}  # the SHA256 of OpenAI's four files
-_CONVERT = ("if you trust the file, convert it once to a state dict with "
-            "torch.save(torch.jit.load(path, map_location='cpu').state_dict(), 'clip_state_dict.pt')")
-
-
-class _Scripted:
-    # stands in for one TorchScript object of data.pkl: it keeps its class name and its state and runs nothing
-    qualname, state = "", None
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-def _read_torchscript(z, top):
-    storages, classes = {}, {}
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module, name):
-            if module == "__torch__" or module.startswith("__torch__."):  # the archive's own (module) classes
-                return type(name, (_Scripted,), {"qualname": f"{module}.{name}"})
-            if module == "torch" and name in _DTYPES:
-                return _DTYPES[name]
-            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-                return lambda storage, offset, size, stride, *flags: storage.as_strided(size, stride, offset)
-            if (module, name) == ("collections", "OrderedDict"):  # the (empty) backward hooks of each tensor
-                return collections.OrderedDict
-            if module == "torch.jit._pickle":  # these only restore the static type of a list: we keep the list
-                return lambda value, *type_name: value
-            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no archive of weights needs")
-
-        def persistent_load(self, pid):  # ("storage", dtype, key, device, numel): one tensor's bytes
-            _, dtype, key, _, _ = pid
-            if key not in storages:
-                data = bytearray(z.read(f"{top}data/{key}"))
-                storages[key] = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
-            return storages[key]
-
-    def declared(qualname):
-        # The code of each class lists which of its attributes are parameters and buffers, the two kinds of tensor
-        # in state_dict(); any other tensor attribute (OpenAI's attn_mask, say) is not a weight. We read the lines
-        # `__parameters__ = ["weight", "bias", ]` and `__buffers__ = [...]` under the class line as text.
-        if qualname not in classes:
-            module, _, name = qualname.rpartition(".")
-            code = z.read(f"{top}code/{module.replace('.', '/')}.py").decode()
-            m = re.search(rf"^class {re.escape(name)}\b.*\n\s+__parameters__ = (\[.*\])(\n\s+__buffers__ = (\[.*\]))?",
-                          code, re.M)
-            if m is None:
-                raise UserError(f"its code does not declare the parameters of {qualname}")
-            classes[qualname] = ast.literal_eval(m[1]) + ast.literal_eval(m[3] or "[]")
-        return classes[qualname]
-
-    def walk(obj, prefix, out):
-        # the order of state_dict(): a module's parameters, then its buffers, then its submodules
-        if not isinstance(obj.state, dict):
-            raise UserError(f"{obj.qualname} keeps its state in its own format, which only its code can read")
-        out.update((prefix + n, obj.state[n]) for n in declared(obj.qualname)
-                   if isinstance(obj.state.get(n), torch.Tensor))
-        for name, value in obj.state.items():
-            if isinstance(value, _Scripted):
-                walk(value, f"{prefix}{name}.", out)
-        return out
-
-    if top + "byteorder" in z.namelist() and z.read(top + "byteorder") != b"little":  # older files have none
-        raise UserError("its tensors are stored big-endian")
-    root = Unpickler(z.open(top + "data.pkl")).load()
-    if not isinstance(root, _Scripted):
-        raise UserError(f"its data.pkl holds a {type(root).__name__}, not a module")
-    return walk(root, "", {})
-
-
 def cause_of(e):
     # the line of an error message that says what went wrong (torch's own messages add lines of advice)
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     cause = [line for line in lines if "GLOBAL" in line or "Unsupported" in line] or lines or [type(e).__name__]
     return cause[0].split(". ")[0].rstrip(".")
+
+
+_CONVERT = ("if you trust the file, convert it once to a state dict with "
+            "torch.save(torch.jit.load(path, map_location='cpu').state_dict(), 'clip_state_dict.pt')")
 
 
 def _read_state_dict(path):
@@ -419,27 +348,24 @@ def _read_state_dict(path):
         raise UserError(f"{path} is empty, not a CLIP checkpoint")
     if head == b"PK\x03\x04":  # a zip archive, as TorchScript and torch.save (since PyTorch 1.6) write
         try:
-            z = zipfile.ZipFile(path)
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
         except zipfile.BadZipFile:
             raise refuse("it is a truncated or damaged zip archive") from None
-        with z:
-            # both write one top folder (its name varies) with data.pkl inside; only TorchScript adds the code/
-            # folder and constants.pkl
-            pickles = [n for n in z.namelist() if re.fullmatch(r"[^/]+/data\.pkl", n)]
-            if not pickles:
-                raise UserError(f"{path} is a zip archive without a data.pkl record, so not a torch file")
-            top = pickles[0][:-len("data.pkl")]
-            if any(n.startswith((top + "code/", top + "constants.pkl")) for n in z.namelist()):
-                try:
-                    return _read_torchscript(z, top)
-                except Exception as e:
-                    if _sha256(path) not in _RELEASED:
-                        raise UserError(f"{path}: cannot read this TorchScript archive as data ({cause_of(e)}); "
-                                        + _CONVERT) from None
-                # One of OpenAI's own files (its SHA256 says so) in a layout our reader does not know: we trust it.
-                with warnings.catch_warnings():  # TorchScript is deprecated in recent PyTorch
-                    warnings.simplefilter("ignore", FutureWarning)
-                    return torch.jit.load(path, map_location="cpu").state_dict()
+        # both write one top folder (its name varies) with data.pkl inside; only TorchScript adds the code/ folder
+        # and constants.pkl
+        pickles = [n for n in names if re.fullmatch(r"[^/]+/data\.pkl", n)]
+        if not pickles:
+            raise UserError(f"{path} is a zip archive without a data.pkl record, so not a torch file")
+        top = pickles[0][:-len("data.pkl")]
+        if any(n.startswith((top + "code/", top + "constants.pkl")) for n in names):
+            # torch.jit.load runs the archive's code, so it may read only OpenAI's own files, known by their SHA256
+            if _sha256(path) not in _RELEASED:
+                raise UserError(f"{path} is a TorchScript archive, which holds code, and not one of OpenAI's released "
+                                f"CLIP files, so we do not load it; {_CONVERT} and pass that file")
+            with warnings.catch_warnings():  # TorchScript is deprecated in recent PyTorch
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(path, map_location="cpu").state_dict()
     elif head[:1] != b"\x80":  # nor a pickle (torch.save before PyTorch 1.6), whose first byte is 0x80
         raise refuse("it is neither a zip archive nor a pickle")
     try:
@@ -453,9 +379,10 @@ def _read_state_dict(path):
 
 def load(name_or_path, device="cpu", download_root=None, text=True):
     """Load a CLIP by official name (see available_models(); downloaded once into download_root, by default
-    $XDG_CACHE_HOME/clip or else ~/.cache/clip, and checked against its SHA256) or from a file: a TorchScript archive
-    as OpenAI releases them, or a plain state dict saved with torch.save. No code from the file runs. Returns the model
-    in fp32 and eval mode; with text=False, its image encoder alone."""
+    $XDG_CACHE_HOME/clip or else ~/.cache/clip, and checked against its SHA256) or from a file: one of OpenAI's
+    released TorchScript archives (known by its SHA256), or a plain state dict saved with torch.save. Any other
+    TorchScript archive is refused, since loading it would run its code. Returns the model in fp32 and eval mode; with
+    text=False, its image encoder alone."""
     if name_or_path in _MODELS:
         cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
         path = _download(_MODELS[name_or_path], download_root or os.path.join(cache, "clip"))

@@ -58,6 +58,10 @@ def save_torchscript(state_dict, path):
         torch.jit.script(root).save(path)
 
 
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
@@ -117,11 +121,14 @@ def test_clip_attention_equals_the_formula_written_out():
         torch.testing.assert_close(attn(x), attn.out_proj(y), rtol=1e-5, atol=1e-5)
 
 
-def test_torchscript_and_state_dict_files_load_identically(tmp_path):
+def test_a_released_archive_and_its_state_dict_load_identically(tmp_path, monkeypatch):
     sd = official_state_dict(SHAPES["ViT-B/32"])
     save_torchscript(sd, str(tmp_path / "archive.pt"))
     torch.save(sd, tmp_path / "plain.pt")
+    monkeypatch.setattr(clip, "_RELEASED", {sha256(tmp_path / "archive.pt")})  # it stands for an OpenAI file
+    calls = count_jit_loads(monkeypatch)
     a, b = clip.load(str(tmp_path / "archive.pt")), clip.load(str(tmp_path / "plain.pt"))
+    assert calls == [str(tmp_path / "archive.pt")]  # the state dict is read by torch.load alone
     assert not a.training and all(p.dtype == torch.float32 for p in a.parameters())  # the fp16 file loads as fp32
     image, text = torch.randn(1, 3, 224, 224), tokenize(PROMPTS)
     with torch.no_grad():
@@ -159,7 +166,8 @@ def served_checkpoint(tmp_path, monkeypatch):
     sd = official_state_dict(SHAPES["ViT-B/32"])
     blob = tmp_path / "blob.pt"
     save_torchscript(sd, str(blob))
-    sha = hashlib.sha256(blob.read_bytes()).hexdigest()
+    sha = sha256(blob)
+    monkeypatch.setattr(clip, "_RELEASED", {sha})  # the served file stands for an OpenAI file
     for digest in (sha, "0" * 64):  # the right checksum, and one the file will not match
         os.makedirs(tmp_path / "www" / digest)
         os.link(blob, tmp_path / "www" / digest / "ViT-T.pt")
@@ -259,36 +267,9 @@ def test_config_table():
         clip.config("ViT-H/14")
 
 
-# Reading TorchScript archives without torch.jit.load. The modules below are plain PyTorch, not clip.py's.
+# TorchScript archives hold code, which torch.jit.load runs: clip.load hands it OpenAI's released files alone.
 
-class Block(nn.Module):
-    # like OpenAI's residual blocks, it keeps a tensor (attn_mask) as a plain attribute: not a weight
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(8, 8)
-        self.proj = nn.Linear(8, 8, bias=False)  # a parameter slot that holds None
-        self.ln = nn.LayerNorm(8)
-        self.bn = nn.BatchNorm1d(8)  # float buffers and an int64 one
-        self.attn_mask = torch.full((8, 8), float("-inf")).triu(1)
-        base = torch.randn(4, 6)
-        self.register_buffer("strided", base[:, ::2])  # not contiguous
-        self.register_buffer("shifted", base[1:])  # the same storage at an offset
-        self.register_buffer("scratch", torch.zeros(2), persistent=False)
-
-    def forward(self, x):
-        x = self.bn(self.proj(self.ln(self.fc(x))))
-        return x + self.attn_mask.clamp(min=-1).sum() + self.strided.sum() + self.shifted.sum() + self.scratch.sum()
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.blocks = nn.Sequential(Block(), Block())
-        self.class_embedding = nn.Parameter(torch.randn(8, dtype=torch.float16))
-        self.register_buffer("steps", torch.tensor(3))
-
-    def forward(self, x):
-        return self.blocks(x) + self.class_embedding.float() + self.steps
+REAL_JIT_LOAD = torch.jit.load
 
 
 def forbid_jit(monkeypatch):
@@ -297,36 +278,78 @@ def forbid_jit(monkeypatch):
     monkeypatch.setattr(torch.jit, "load", refuse)
 
 
+def count_jit_loads(monkeypatch):
+    calls = []
+
+    def record(f, *args, **kwargs):
+        calls.append(f)
+        return REAL_JIT_LOAD(f, *args, **kwargs)
+    monkeypatch.setattr(torch.jit, "load", record)
+    return calls
+
+
 def jit_state_dict(path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu").state_dict()
+        return REAL_JIT_LOAD(str(path), map_location="cpu").state_dict()
 
 
-def assert_same_state_dict(ours, ref):
-    assert list(ours) == list(ref)  # the same keys in the same order
-    for key, value in ref.items():
-        assert ours[key].dtype == value.dtype and ours[key].stride() == value.stride(), key
-        assert torch.equal(ours[key], value), key
+def small_vocabulary(text, vocab_size=500):
+    text = text.clone()
+    text[text >= vocab_size] = vocab_size - 100
+    text[torch.arange(len(text)), text.argmax(-1)] = vocab_size - 1  # EOT keeps the highest id
+    return text
 
 
-@pytest.mark.parametrize("how", ["trace", "script"])
-def test_zip_reader_equals_torch_jit_load(how, tmp_path, monkeypatch):
+def save_traced_clip(path):
+    # a tiny CLIP of clip.py, traced and written with torch.jit.save: a TorchScript archive of our own layout
     torch.manual_seed(0)
-    net = Net().eval()
+    config = clip.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_heads=1,
+                             vision_patch_size=16, vocab_size=500, transformer_width=64, transformer_heads=1,
+                             transformer_layers=2)
+    model = clip.CLIP(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # LayerNorm gains and biases too, so nothing is trivial
+            p.add_(0.02 * torch.randn_like(p))
+    image, text = torch.randn(2, 3, 32, 32), small_vocabulary(tokenize(PROMPTS))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        archive = torch.jit.trace(net, torch.randn(2, 8)) if how == "trace" else torch.jit.script(net)
-    archive.save(str(tmp_path / "net.pt"))
-    ref = jit_state_dict(tmp_path / "net.pt")
-    with zipfile.ZipFile(tmp_path / "net.pt") as z:
-        data_pkl = z.read("net/data.pkl")
-    # a scripted module pickles attn_mask with its weights (a traced one makes it a constant of the code)
-    assert (b"attn_mask" in data_pkl) == (how == "script")
-    assert "blocks.0.bn.num_batches_tracked" in ref and "blocks.1.scratch" in ref and "steps" in ref
-    assert not [k for k in ref if "attn_mask" in k or "proj.bias" in k]
-    forbid_jit(monkeypatch)
-    assert_same_state_dict(clip._read_state_dict(str(tmp_path / "net.pt")), ref)
+        torch.jit.save(torch.jit.trace(model, (image, text)), str(path))
+    return model, image, text
+
+
+def assert_same_outputs(loaded, model, image, text):
+    with torch.no_grad():
+        for a, b in zip(loaded(image, text), model(image, text)):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(loaded.encode_image(image, all_tokens=True),
+                                   model.encode_image(image, all_tokens=True), rtol=1e-6, atol=1e-6)
+
+
+def test_a_released_torchscript_archive_loads_through_torch_jit_load(tmp_path, monkeypatch):
+    path = tmp_path / "traced.pt"
+    model, image, text = save_traced_clip(path)
+    monkeypatch.setattr(clip, "_RELEASED", {sha256(path)})  # as if it were one of OpenAI's files
+    calls = count_jit_loads(monkeypatch)
+    loaded = clip.load(str(path))
+    assert calls == [str(path)]
+    assert not loaded.training and all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert_same_outputs(loaded, model, image, text)
+
+
+def test_any_other_torchscript_archive_is_refused_unread(tmp_path, monkeypatch):
+    path = tmp_path / "traced.pt"
+    model, image, text = save_traced_clip(path)
+    forbid_jit(monkeypatch)  # nothing of the archive may run: torch.jit.load is never called
+    with pytest.raises(ValueError) as error:
+        clip.load(str(path))
+    assert str(error.value) == (
+        f"{path} is a TorchScript archive, which holds code, and not one of OpenAI's released CLIP files, so we do "
+        "not load it; if you trust the file, convert it once to a state dict with torch.save(torch.jit.load(path, "
+        "map_location='cpu').state_dict(), 'clip_state_dict.pt') and pass that file")
+    # the advice works: the converted file loads (still without torch.jit.load) into the same model
+    torch.save(jit_state_dict(path), tmp_path / "clip_state_dict.pt")
+    assert_same_outputs(clip.load(str(tmp_path / "clip_state_dict.pt")), model, image, text)
 
 
 def rewrite_archive(src, dst, top):
@@ -337,21 +360,22 @@ def rewrite_archive(src, dst, top):
                 zout.writestr(top + "/" + name.split("/", 1)[1], zin.read(name))
 
 
-def test_zip_reader_on_the_official_layout(tmp_path, monkeypatch):
+def test_the_official_layout_is_known_as_torchscript(tmp_path, monkeypatch):
     shape = dict(embed_dim=64, image_resolution=32, vision_width=128, vision_patch_size=16, transformer_width=64,
                  vocab_size=500)
     sd = official_state_dict(shape, layers=2)
     save_torchscript(sd, str(tmp_path / "archive.pt"))
     rewrite_archive(tmp_path / "archive.pt", tmp_path / "ViT-T.pt", "ViT-T")
-    ref = jit_state_dict(tmp_path / "archive.pt")
     forbid_jit(monkeypatch)
-    for name in ("archive.pt", "ViT-T.pt"):
-        assert_same_state_dict(clip._read_state_dict(str(tmp_path / name)), ref)
+    with pytest.raises(ValueError, match=r"ViT-T.pt is a TorchScript archive, which holds code, and not one of "
+                                         r"OpenAI's released CLIP files"):
+        clip.load(str(tmp_path / "ViT-T.pt"))
+    monkeypatch.setattr(clip, "_RELEASED", {sha256(tmp_path / "ViT-T.pt")})
+    calls = count_jit_loads(monkeypatch)
     model = clip.load(str(tmp_path / "ViT-T.pt"))
+    assert len(calls) == 1
     ref_model = open_clip_model.build_model_from_openai_state_dict(dict(sd), cast_dtype=torch.float32).float().eval()
-    image, text = torch.randn(2, 3, 32, 32), tokenize(PROMPTS)
-    text[text >= 500] = 400  # the fixture's vocabulary is small
-    text[torch.arange(3), text.argmax(-1)] = 499  # EOT keeps the highest id
+    image, text = torch.randn(2, 3, 32, 32), small_vocabulary(tokenize(PROMPTS))
     with torch.no_grad():
         assert rel_err(model.encode_image(image), ref_model.encode_image(image)) < 1e-4
         assert rel_err(model.encode_text(text), ref_model.encode_text(text)) < 1e-4
@@ -390,7 +414,7 @@ def test_crafted_archive_runs_nothing(tmp_path, monkeypatch):
         clip.load(str(tmp_path / "victim.pt"))
     message = str(error.value)
     assert "\n" not in message and message.startswith(str(tmp_path / "victim.pt"))
-    assert "cannot read this TorchScript archive as data" in message and "torch.jit.load(path" in message
+    assert "is a TorchScript archive, which holds code" in message and "torch.jit.load(path" in message
     assert not (tmp_path / "victim.written").exists()
 
 
@@ -431,6 +455,8 @@ def bad_files(folder):
     with zipfile.ZipFile(folder / "photos.zip", "w") as z:
         z.writestr("photos/readme.txt", "not a torch file")
     files["photos.zip"] = (None, r"is a zip archive without a data.pkl record, so not a torch file")
+    files["archive.pt"] = (None, r"is a TorchScript archive, which holds code, and not one of OpenAI's released CLIP "
+                                 r"files, so we do not load it; if you trust the file, convert it")
     torch.save({"model": sd, "step": 3}, folder / "train_ckpt.pt")
     files["train_ckpt.pt"] = (None, r": not a CLIP state dict: its entry 'model' holds a dict, not a tensor")
     torch.save({"weight": torch.zeros(3)}, folder / "other.pt")
@@ -452,27 +478,6 @@ def test_load_errors_are_one_line(tmp_path, monkeypatch):
         assert "\n" not in message and message.startswith(str(tmp_path / name)), message
     with pytest.raises(ValueError, match=r"^CLIP checkpoint .* is a folder, not a file$"):
         clip.load(str(tmp_path))
-
-
-def test_torch_jit_load_only_for_the_released_files(tmp_path, monkeypatch):
-    # When our reader fails on an archive, torch.jit.load may read it only if its SHA256 is a released file's.
-    sd = official_state_dict(dict(embed_dim=64, image_resolution=32, vision_width=64, vision_patch_size=16,
-                                  transformer_width=64, vocab_size=500))
-    save_torchscript(sd, str(tmp_path / "archive.pt"))
-
-    def fail(z, top):
-        raise ValueError("a layout we do not know")
-    monkeypatch.setattr(clip, "_read_torchscript", fail)
-    calls = []
-    jit_load = torch.jit.load
-    monkeypatch.setattr(torch.jit, "load", lambda *args, **kwargs: calls.append(args) or jit_load(*args, **kwargs))
-    with pytest.raises(ValueError, match=r"archive.pt: cannot read this TorchScript archive as data \(a layout we "
-                                         r"do not know\); if you trust the file, convert it"):
-        clip.load(str(tmp_path / "archive.pt"))
-    assert calls == []
-    monkeypatch.setattr(clip, "_RELEASED", {hashlib.sha256((tmp_path / "archive.pt").read_bytes()).hexdigest()})
-    model = clip.load(str(tmp_path / "archive.pt"))
-    assert len(calls) == 1 and torch.equal(model.visual.proj, sd["visual.proj"].float())
 
 
 def test_no_network(tmp_path, monkeypatch):
