@@ -29,10 +29,6 @@ import torch.nn.functional as F
 
 from cli import MissingFile, UserError
 
-# CLIP's training-set statistics; pretrained weights expect images normalised with exactly these.
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 @dataclass
 class CLIPConfig:

@@ -22,8 +22,9 @@ from PIL import Image, ImageOps
 
 from cli import MissingFile, UserError, save_atomic
 
-MEAN = (0.48145466, 0.4578275, 0.40821073)  # the statistics of CLIP's training images, which every
-STD = (0.26862954, 0.26130258, 0.27577711)   # CLIP encoder expects its input normalised with
+# CLIP's training-set statistics; pretrained weights expect images normalised with exactly these.
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
 
 # images: pad to square, resize, augment as the paper does, and the torch Dataset
 
