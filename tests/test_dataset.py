@@ -8,7 +8,7 @@ from PIL import Image
 
 import data
 import dataset
-from clip import MEAN, STD
+from dataset import MEAN, STD
 from conftest import write_png
 
 
