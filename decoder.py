@@ -159,6 +159,15 @@ def beam_step(beam_logp, logp, K):
     return beam_logp.flatten(), src.flatten(), (best % V).flatten()
 
 
+def renumber_prompt_tokens(tokens):
+    # The prompts use a few dozen of CLIP's 49,408 token embeddings, and nothing else reads them, so we train a copy
+    # of just those rows: every output is the same, but a step no longer makes a gradient for the whole table nor
+    # AdamW update it. tokens (A, S), CLIP's ids -> the same tokens with each id renumbered to its row in the copy,
+    # in the ids' order (EOT keeps the highest), and the rows of CLIP's table to copy, (U,) for the U ids used.
+    rows, tokens = tokens.unique(return_inverse=True)
+    return tokens, rows
+
+
 class AttributeDecoder(nn.Module):
     """What SequencePAR and the query head share: CLIP, each attribute's prompt turned into a token by the text encoder
     (section 3.2), and a stack of decoder blocks over those tokens that attend to every image token."""
@@ -172,13 +181,11 @@ class AttributeDecoder(nn.Module):
         # EOT, so the cut is exact and saves most of the 77 positions.
         tokens = tokenize(prompts, context_length=clip_model.config.context_length)
         tokens = tokens[:, :int(tokens.argmax(1).max()) + 1]
-        # The prompts use a few dozen of CLIP's 49,408 token embeddings, and nothing else reads them. We train a copy
-        # of just those rows, the ids renumbered into it in order (EOT keeps the highest id): every output is the
-        # same, but a step no longer makes a gradient for the whole table nor AdamW update it. CLIP's own table stays
-        # as it was, frozen (DDP wants a gradient for every trainable weight).
-        vocab, ids = tokens.unique(return_inverse=True)
-        self.register_buffer("prompt_tokens", ids, persistent=False)
-        self.prompt_embedding = nn.Parameter(clip_model.token_embedding.weight.detach()[vocab].clone())
+        # The prompts' own trainable rows of the token embedding; CLIP's table stays as it was, frozen (DDP wants a
+        # gradient for every trainable weight).
+        tokens, rows = renumber_prompt_tokens(tokens)
+        self.register_buffer("prompt_tokens", tokens, persistent=False)
+        self.prompt_embedding = nn.Parameter(clip_model.token_embedding.weight.detach()[rows].clone())
         clip_model.token_embedding.requires_grad_(False)
         # SequencePAR's <bos>, <eos>, <pad> (the attribute tokens come from the text encoder); n_positions inputs
         specials = dict(wte=nn.Embedding(n_special, D)) if n_special else {}
