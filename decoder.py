@@ -16,6 +16,7 @@ Shapes: B batch, T attribute positions, L image tokens, D width (CLIP's embed di
 A attributes, V = A + 3 vocabulary (`<bos>`, `<eos>`, `<pad>`, then attribute i as id 3 + i).
 """
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,7 @@ class SelfAttention(nn.Module):
 class CrossAttention(nn.Module):
     """Attribute positions attend to the image tokens. Keys and values depend on the image only, so decoding
     computes them once per layer (`memory_kv`) and reuses them at every step."""
+    kept = None  # a list while the weights are wanted (AttributeDecoder.keeping_attention): forward appends them
 
     def __init__(self, n_embd, config):
         super().__init__()
@@ -81,18 +83,18 @@ class CrossAttention(nn.Module):
         k, v = self.c_kv(memory).split(D, dim=2)
         return tuple(t.view(B, L, self.n_head, D // self.n_head).transpose(1, 2) for t in (k, v))  # (B, nh, L, hs)
 
-    def forward(self, x, kv, weights=False):
+    def forward(self, x, kv):
         B, T, D = x.shape
         q = self.c_q(x).view(B, T, self.n_head, D // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if weights:
+        if self.kept is not None:
             # the attention written out, as nanoGPT keeps it beside SDPA: the same output, and the weights, which
             # SDPA does not return, for whoever wants to see where each position looks (sample.py's attention maps)
-            att = (q @ kv[0].transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)  # (B, nh, T, L)
+            att = (q @ kv[0].transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)  # (B, nh, T, L), rows sum to 1
+            self.kept.append(att)  # before dropout
             y = F.dropout(att, self.dropout, self.training) @ kv[1]
         else:
             y = F.scaled_dot_product_attention(q, *kv, dropout_p=self.dropout if self.training else 0.0)
-        y = self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))
-        return (y, att) if weights else y  # att: the weights before dropout, each row sums to 1
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))
 
 
 class MLP(nn.Module):
@@ -117,12 +119,11 @@ class Block(nn.Module):
         self.ln_3 = nn.LayerNorm(n_embd, bias=config.bias)
         self.mlp = MLP(n_embd, config)
 
-    def forward(self, x, kv, cache=None, start=0, weights=False):
+    def forward(self, x, kv, cache=None, start=0):
         x = x + self.attn(self.ln_1(x), cache, start)
-        y = self.cross_attn(self.ln_2(x), kv, weights)
-        x = x + (y[0] if weights else y)
+        x = x + self.cross_attn(self.ln_2(x), kv)
         x = x + self.mlp(self.ln_3(x))
-        return (x, y[1]) if weights else x  # weights=True: also the cross-attention weights (B, nh, T, L)
+        return x
 
 
 def labels_to_targets(labels):
@@ -158,6 +159,15 @@ def beam_step(beam_logp, logp, K):
     return beam_logp.flatten(), src.flatten(), (best % V).flatten()
 
 
+def renumber_prompt_tokens(tokens):
+    # The prompts use a few dozen of CLIP's 49,408 token embeddings, and nothing else reads them, so we train a copy
+    # of just those rows: every output is the same, but a step no longer makes a gradient for the whole table nor
+    # AdamW update it. tokens (A, S), CLIP's ids -> the same tokens with each id renumbered to its row in the copy,
+    # in the ids' order (EOT keeps the highest), and the rows of CLIP's table to copy, (U,) for the U ids used.
+    rows, tokens = tokens.unique(return_inverse=True)
+    return tokens, rows
+
+
 class AttributeDecoder(nn.Module):
     """What SequencePAR and the query head share: CLIP, each attribute's prompt turned into a token by the text encoder
     (section 3.2), and a stack of decoder blocks over those tokens that attend to every image token."""
@@ -171,13 +181,11 @@ class AttributeDecoder(nn.Module):
         # EOT, so the cut is exact and saves most of the 77 positions.
         tokens = tokenize(prompts, context_length=clip_model.config.context_length)
         tokens = tokens[:, :int(tokens.argmax(1).max()) + 1]
-        # The prompts use a few dozen of CLIP's 49,408 token embeddings, and nothing else reads them. We train a copy
-        # of just those rows, the ids renumbered into it in order (EOT keeps the highest id): every output is the
-        # same, but a step no longer makes a gradient for the whole table nor AdamW update it. CLIP's own table stays
-        # as it was, frozen (DDP wants a gradient for every trainable weight).
-        vocab, ids = tokens.unique(return_inverse=True)
-        self.register_buffer("prompt_tokens", ids, persistent=False)
-        self.prompt_embedding = nn.Parameter(clip_model.token_embedding.weight.detach()[vocab].clone())
+        # The prompts' own trainable rows of the token embedding; CLIP's table stays as it was, frozen (DDP wants a
+        # gradient for every trainable weight).
+        tokens, rows = renumber_prompt_tokens(tokens)
+        self.register_buffer("prompt_tokens", tokens, persistent=False)
+        self.prompt_embedding = nn.Parameter(clip_model.token_embedding.weight.detach()[rows].clone())
         clip_model.token_embedding.requires_grad_(False)
         # SequencePAR's <bos>, <eos>, <pad> (the attribute tokens come from the text encoder); n_positions inputs
         specials = dict(wte=nn.Embedding(n_special, D)) if n_special else {}
@@ -222,18 +230,27 @@ class AttributeDecoder(nn.Module):
         memory = self.clip.encode_image(images, all_tokens=True)  # (B, L, D), section 3.2
         return [block.cross_attn.memory_kv(memory) for block in self.transformer.h]
 
-    def blocks(self, x, kvs, cache=None, start=0, attention=False):
+    def blocks(self, x, kvs, cache=None, start=0):
         # x (B, T, D): the embedded inputs at positions start .. start + T - 1; kvs: per layer, the image tokens' keys
-        # and values. Returns the last block's output after ln_f, (B, T, D), and with attention=True (the
-        # cross-attention's written-out path) its weights, one (B, nh, T, L) per layer, else an empty list.
+        # and values. Returns the last block's output after ln_f, (B, T, D).
         x = self.transformer.drop(x)
-        atts = []
         for i, block in enumerate(self.transformer.h):
-            x = block(x, kvs[i], None if cache is None else cache[i], start, weights=attention)
-            if attention:
-                x, att = x
-                atts.append(att)
-        return self.transformer.ln_f(x), atts
+            x = block(x, kvs[i], None if cache is None else cache[i], start)
+        return self.transformer.ln_f(x)
+
+    @contextmanager
+    def keeping_attention(self):
+        # Inside `with model.keeping_attention() as atts:`, every cross-attention takes its written-out path and
+        # appends its weights to atts: after one forward pass, one (B, nh, T, L) per layer, first layer first. The
+        # outputs are the same as outside; only the weights, which SDPA does not return, are kept.
+        atts = []
+        for block in self.transformer.h:
+            block.cross_attn.kept = atts
+        try:
+            yield atts
+        finally:
+            for block in self.transformer.h:
+                block.cross_attn.kept = None
 
 
 class SequencePAR(AttributeDecoder):
@@ -255,14 +272,11 @@ class SequencePAR(AttributeDecoder):
         # in attribute_tokens
         return F.normalize(torch.cat([self.transformer.wte.weight, self.text_features()]), dim=-1)
 
-    def decode(self, idx, kvs, table, cache=None, start=0, attention=False):
-        # idx (B, T): ids at positions start .. start + T - 1; kvs: per layer, the image tokens' keys and values.
-        # attention=True: the cross-attention takes the written-out path, and decode also returns its weights, a
-        # list of one (B, nh, T, L) per layer
+    def decode(self, idx, kvs, table, cache=None, start=0):
+        # idx (B, T): ids at positions start .. start + T - 1; kvs: per layer, the image tokens' keys and values
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
-        x, atts = self.blocks(F.embedding(idx, table) + self.transformer.wpe(pos), kvs, cache, start, attention)
-        logits = self.lm_head(x)  # (B, T, V)
-        return (logits, atts) if attention else logits
+        x = self.blocks(F.embedding(idx, table) + self.transformer.wpe(pos), kvs, cache, start)
+        return self.lm_head(x)  # (B, T, V)
 
     def forward(self, images, targets):
         # targets (B, A + 2) from labels_to_targets. Columns past the longest sequence in the batch hold only
@@ -481,9 +495,7 @@ class QueryHead(MultiLabel, AttributeDecoder):
         self.init_decoder()
         nn.init.normal_(self.fc.weight, std=0.02)  # near-uniform first predictions, as SequencePAR's lm_head
 
-    def logits(self, images, attention=False):
-        # (B, A); attention=True: also each layer's cross-attention weights, one (B, nh, A, L) per layer
+    def logits(self, images):
         x = (self.attribute_tokens() + self.transformer.wpe.weight).expand(images.shape[0], -1, -1)  # (B, A, D)
-        x, atts = self.blocks(x, self.memory_kv(images), attention=attention)
-        logits = (x * self.fc.weight).sum(-1) + self.fc.bias  # (B, A)
-        return (logits, atts) if attention else logits
+        x = self.blocks(x, self.memory_kv(images))
+        return (x * self.fc.weight).sum(-1) + self.fc.bias  # (B, A)

@@ -122,11 +122,11 @@ def attention_maps(model, images, pred, layers="last"):
     heads and over the last or all layers: SequencePAR's (B, A + 1, grid, grid), with the predictions fed back in
     (position k decides the (k + 1)-th emitted attribute), or the query head's (B, A, grid, grid), position j
     attribute j's."""
-    if isinstance(model, QueryHead):
-        _, atts = model.logits(images, attention=True)
-    else:
-        _, atts = model.decode(labels_to_targets(pred)[:, :-1], model.memory_kv(images), model.token_table(),
-                               attention=True)
+    with model.keeping_attention() as atts:
+        if isinstance(model, QueryHead):
+            model.logits(images)
+        else:
+            model.decode(labels_to_targets(pred)[:, :-1], model.memory_kv(images), model.token_table())
     att = torch.stack(atts if layers == "all" else atts[-1:]).mean((0, 2))[:, :, 1:]  # (B, T, L - 1)
     grid = int(att.shape[-1] ** 0.5)
     return att.view(*att.shape[:2], grid, grid)

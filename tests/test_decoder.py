@@ -92,16 +92,17 @@ def test_decoder_attention_layers_equal_the_formula_written_out():
 
 
 def test_written_out_cross_attention_equals_sdpa():
-    # decode(attention=True) takes every layer's written-out cross-attention: the logits are SDPA's, and the weights
-    # are, for each head and position, a distribution over the image tokens
+    # inside keeping_attention every layer's cross-attention is written out: the logits are SDPA's, and the weights
+    # are, for each head and position, a distribution over the image tokens; outside, none are kept
     model = tiny_model(n_layer=3)
     images = torch.randn(2, 3, 32, 32)
     idx = labels_to_targets(random_labels(2, 35, rate=0.5))[:, :10]
     with torch.no_grad():
         kvs, table = model.memory_kv(images), model.token_table()
-        logits, atts = model.decode(idx, kvs, table, attention=True)
+        with model.keeping_attention() as atts:
+            logits = model.decode(idx, kvs, table)
         torch.testing.assert_close(logits, model.decode(idx, kvs, table), rtol=0, atol=1e-5)
-    assert len(atts) == 3
+    assert len(atts) == 3 and all(block.cross_attn.kept is None for block in model.transformer.h)
     for att in atts:
         assert att.shape == (2, 4, 10, 17)  # (B, nh, T, L): 16 patches and the class token
         torch.testing.assert_close(att.sum(-1), torch.ones(2, 4, 10), rtol=0, atol=1e-6)

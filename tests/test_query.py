@@ -89,9 +89,12 @@ def test_the_written_out_attention_gives_the_same_logits():
     model = query_head()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        logits, atts = model.logits(images, attention=True)
+        with model.keeping_attention() as atts:
+            logits = model.logits(images)
         torch.testing.assert_close(logits, model.logits(images), rtol=0, atol=1e-5)
     assert len(atts) == 2 and atts[0].shape == (2, 4, 6, 17)  # (B, nh, A, L): 1 + 4 x 4 image tokens
+    for att in atts:
+        torch.testing.assert_close(att.sum(-1), torch.ones(2, 4, 6), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("rates", [None, [0.2, 0.5, 0.9]])
