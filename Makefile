@@ -22,7 +22,7 @@ $(TEST_STAMP): $(RUN_STAMP) requirements-dev.txt
 	touch $(TEST_STAMP)
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 # draw the synthetic set (once), train a tiny CLIP + decoder from scratch on the CPU, predict a few test images, and
 # say how long each phase took; a second run reuses the set and the venv and replaces out/demo, saying so

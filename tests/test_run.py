@@ -263,32 +263,47 @@ def kill_after(monkeypatch, nth, writes):
     monkeypatch.setattr(run.CSVLog, "write", write_row)
 
 
-def test_a_kill_after_any_write_of_an_evaluation_or_the_report_changes_nothing_the_run_reports(
-        synth_root, tiny_clip_file, tmp_path, monkeypatch, capsys):
-    # the run left alone, its writes counted: two evaluations (val at steps 8 and 16) and the test
-    writes = []
-    kill_after(monkeypatch, 0, writes)
-    reference = tmp_path / "reference"
-    train.main(tiny_args(synth_root, tiny_clip_file, reference))
+KILLS = 11  # the writes of the run below: at step 8 its log row, last.pt and ckpt.pt; at 16 its row and last.pt (not
+# better: no ckpt.pt); the report's five files and the test row
+
+
+@pytest.fixture(scope="module")
+def left_alone(synth_root, tiny_clip_file, tmp_path_factory):
+    """The run left alone, its writes counted: two evaluations (val at steps 8 and 16) and the test. Returns its
+    writes, its test metrics and the eval and test rows of its log.csv."""
+    writes, reference = [], tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as mp:
+        kill_after(mp, 0, writes)
+        train.main(tiny_args(synth_root, tiny_clip_file, reference))
     expected = json.loads((reference / "metrics_test.json").read_text())
-    evals = [r for r in log_rows(reference / "log.csv") if r[0] != "train"]
-    assert writes[:2] == ["log.csv eval 8", "last.pt"] and writes[-1] == f"log.csv test {expected['step']}"
-    assert len(writes) >= 10, writes
-    for nth in range(1, len(writes) + 1):
-        out, killed = tmp_path / f"killed-{nth}", []
-        kill_after(monkeypatch, nth, killed)
-        args = tiny_args(synth_root, tiny_clip_file, out)
-        with pytest.raises(Killed):
-            train.main(args)
-        kill_after(monkeypatch, 0, [])
-        # the resume, as a user would: with --resume=True where the run saved last.pt, else afresh
-        train.main(args + (["--resume=True"] if (out / "last.pt").exists() else []))
-        got = json.loads((out / "metrics_test.json").read_text())
-        assert (got["step"], got["overall"]) == (expected["step"], expected["overall"]), (nth, killed[-1])
-        assert [r for r in log_rows(out / "log.csv") if r[0] != "train"] == evals, (nth, killed[-1])
-        assert REPORTED <= set(os.listdir(out)), (nth, killed[-1])
-        # and a further resume finds the run finished
-        assert train.main(args + ["--resume=True"]) is None
+    return writes, expected, [r for r in log_rows(reference / "log.csv") if r[0] != "train"]
+
+
+def test_the_run_left_alone_writes_what_the_kills_are_placed_after(left_alone):
+    writes, expected, _ = left_alone
+    assert writes[:5] == ["log.csv eval 8", "last.pt", "ckpt.pt", "log.csv eval 16", "last.pt"], writes
+    assert sorted(writes[5:-1]) == sorted(REPORTED - {"last.pt", "ckpt.pt"}), writes  # the report, metrics last
+    assert writes[-2:] == ["metrics_test.json", f"log.csv test {expected['step']}"] and len(writes) == KILLS
+
+
+@pytest.mark.parametrize("nth", range(1, KILLS + 1))  # (one case each, so that the workers of make test share them)
+def test_a_kill_after_any_write_of_an_evaluation_or_the_report_changes_nothing_the_run_reports(
+        left_alone, nth, synth_root, tiny_clip_file, tmp_path, monkeypatch, capsys):
+    _, expected, evals = left_alone
+    out, killed = tmp_path / f"killed-{nth}", []
+    kill_after(monkeypatch, nth, killed)
+    args = tiny_args(synth_root, tiny_clip_file, out)
+    with pytest.raises(Killed):
+        train.main(args)
+    kill_after(monkeypatch, 0, [])
+    # the resume, as a user would: with --resume=True where the run saved last.pt, else afresh
+    train.main(args + (["--resume=True"] if (out / "last.pt").exists() else []))
+    got = json.loads((out / "metrics_test.json").read_text())
+    assert (got["step"], got["overall"]) == (expected["step"], expected["overall"]), killed[-1]
+    assert [r for r in log_rows(out / "log.csv") if r[0] != "train"] == evals, killed[-1]
+    assert REPORTED <= set(os.listdir(out)), killed[-1]
+    # and a further resume finds the run finished
+    assert train.main(args + ["--resume=True"]) is None
     capsys.readouterr()
 
 
