@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import torch
-import torchvision.transforms as transforms
 from PIL import Image, ImageOps
 
 from cli import MissingFile, UserError, save_atomic
@@ -45,9 +44,17 @@ def crop_pad(size):
     return max(1, round(10 * size / 224))  # the paper's Pad(10) is for 224 px; we keep its share of small images
 
 
+def resize(size):
+    # imported here, not at the top: torchvision brings its models and ops along (about 2 s), which a script that
+    # stops at --help or at a bad option should not wait for
+    import torchvision.transforms as transforms
+    return transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC)
+
+
 def build_transform(size, train):
     """PIL image -> (3, size, size) float: pad to square, resize, for training Pad + RandomCrop + flip, CLIP's stats."""
-    ops = [PadToSquare(), transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC)]
+    import torchvision.transforms as transforms  # (see resize)
+    ops = [PadToSquare(), resize(size)]
     if train:  # no attribute here is left/right-specific, so a flip keeps every label true
         ops += [transforms.Pad(crop_pad(size)), transforms.RandomCrop(size), transforms.RandomHorizontalFlip()]
     return transforms.Compose(ops + [transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
@@ -122,7 +129,7 @@ class PARImages(torch.utils.data.Dataset):
 
 def _square(job):
     path, size = job  # the transform's deterministic part: pad to square and resize, kept as 8-bit pixels
-    img = transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC)(PadToSquare()(read_image(path)))
+    img = resize(size)(PadToSquare()(read_image(path)))
     return np.asarray(img).transpose(2, 0, 1).copy()  # (3, size, size) uint8
 
 

@@ -10,6 +10,12 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# make test runs one pytest worker per core (pytest-xdist): each works on one thread, and so do the scripts it starts,
+# or the workers' threads would outnumber the cores and wait on each other
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
 import clip  # noqa: E402
 import synth  # noqa: E402
 
