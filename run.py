@@ -126,9 +126,10 @@ def resume(path, model, optimizer, data, cfg, eval_split, log=print):
     evaluated: the step, or -1 for a state a stop signal saved), or None for a run that trained all its steps and was
     tested."""
     ckpt = load_checkpoint(path)
-    lacks = sorted({"optimizer", "metrics", "best_mA", "selected", "train_s", "eval_s", "rng"} - ckpt.keys())
+    lacks = sorted({"optimizer", "metrics", "best_mA", "selected", "train_s", "eval_s", "rng", "aug_rng"}
+                   - ckpt.keys())
     if lacks:
-        raise UserError(f"{path} lacks the training state {', '.join(lacks)} (an older train.py wrote it); start "
+        raise UserError(f"{path} lacks the training state {', '.join(lacks)}, which train.py saves in last.pt; start "
                         f"again with --overwrite=True, or score its ckpt.pt with evaluate.py")
     check_resume(ckpt, path, model, data.attr_names, data.prompts, cfg.head)
     model.load_state_dict(ckpt["model"])
@@ -148,7 +149,7 @@ def resume(path, model, optimizer, data, cfg, eval_split, log=print):
     log(f"resumed from {path} at step {step} (" + (f"best {eval_split} mA so far {ckpt['best_mA']:.2f}"
         if ckpt["best_mA"] >= 0 else f"model selected at step {ckpt['selected']}" if ckpt["selected"] >= 0
         else "not evaluated yet") + f", {ckpt['train_s']:.1f} s of training)")
-    return dict(step=step, evaluated=step if evaluated else -1, aug_rng=ckpt.get("aug_rng"),
+    return dict(step=step, evaluated=step if evaluated else -1, aug_rng=ckpt["aug_rng"],
                 **{k: ckpt[k] for k in ("best_mA", "selected", "train_s", "eval_s", "rng")})
 
 

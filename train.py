@@ -271,7 +271,7 @@ def main(argv):
         dist.barrier()
     if state["rng"] is not None:  # dropout and augmentation go on as if the run had never stopped (one process)
         torch.set_rng_state(state["rng"])
-    if state["aug_rng"] is not None:  # (None: a last.pt of an older train.py; the augmentation starts from its seed)
+    if state["aug_rng"] is not None:  # a resume: the augmentation goes on where it stopped
         augmentation.set_state(state["aug_rng"])
 
     def checkpoint(metrics_now):

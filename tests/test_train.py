@@ -104,6 +104,17 @@ def test_resume_continues(trained_run, synth_root, tiny_clip_file, tmp_path, cap
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 24
 
 
+def test_resume_refuses_a_last_pt_without_the_training_state(trained_run, synth_root, tiny_clip_file, tmp_path):
+    out, _, _ = trained_run
+    last = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    del last["aug_rng"], last["optimizer"]  # what a checkpoint saved without them would lack
+    torch.save(last, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'last.pt'))} lacks the training state aug_rng, "
+                                         r"optimizer, which train.py saves in last.pt; start again with "
+                                         r"--overwrite=True, or score its ckpt.pt with evaluate.py$"):
+        train.main(tiny_args(synth_root, tiny_clip_file, tmp_path, "--resume=True"))
+
+
 def test_resume_refuses_another_attribute_set(trained_run, tmp_path, tiny_clip_file):
     out, _, _ = trained_run
     os.link(os.path.join(out, "last.pt"), tmp_path / "last.pt")
