@@ -407,7 +407,8 @@ def tables(stats, commits, ceiling):
              "range, in percent, on the synthetic test split (its labels the true ones).", "",
              "### Every condition", "",
              "one per group: the share of test images whose prediction has exactly one attribute of each exclusive "
-             "group (age, view, sleeves, lower garment), as every true label set has.", "",
+             "group (age, view, sleeves, lower garment), as every true label set has. training s: as measured, two "
+             "runs side by side on one thread each; it varies with whatever else the machine ran meanwhile.", "",
              "| condition | head | seeds | " + " | ".join(METRICS) + " | one per group | training s |",
              "|---|---|---|" + "---|" * (len(METRICS) + 2)]
     for c, v in present:
