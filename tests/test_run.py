@@ -150,8 +150,10 @@ def interrupted_run(synth_root, tiny_clip_file, out, step, *extra):
     model = train.build_model(cfg, data)
     optimizer, _ = train.configure_optimizer(model, cfg)
     out.mkdir()
+    augmentation = torch.Generator().manual_seed(cfg.seed)  # as the run seeds it, before its first batch
     torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, best_mA=-1.0, selected=-1,
-                    train_s=0.0, eval_s=0.0, rng=torch.get_rng_state(), metrics=None, config=vars(cfg), clip_config=vars(model.clip.config),
+                    train_s=0.0, eval_s=0.0, rng=torch.get_rng_state(), aug_rng=augmentation.get_state(), metrics=None,
+                    config=vars(cfg), clip_config=vars(model.clip.config),
                     decoder_config=vars(model.config), attr_names=data.attr_names, prompts=data.prompts,
                     dataset="synth"), out / "last.pt")
     return args
