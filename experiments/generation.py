@@ -210,9 +210,10 @@ def third_seeds(results):
     """The groups (condition/variant) to give a third seed: both groups of each compared pair whose two seeds
     disagree, in the condition's measure, by more than the pair's difference. Decodings bring their training run."""
     values = {}
-    for r in results.values():
-        condition, variant, _ = r["key"].split("/")
-        values.setdefault((condition, variant), []).append(float(r[FOCUS.get(condition, "mA")]))
+    for r in results.values():  # seeds 0 and 1 alone: the choice does not change as third seeds finish
+        condition, variant, seed = r["key"].split("/")
+        if seed in ("s0", "s1"):
+            values.setdefault((condition, variant), []).append(float(r[FOCUS.get(condition, "mA")]))
     wanted = set()
     for (condition, variant), a in values.items():
         b = values.get((condition, COMPARE.get(variant)), [])

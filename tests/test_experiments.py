@@ -121,6 +121,9 @@ def test_third_seeds_go_where_two_seeds_disagree_by_more_than_the_difference():
     # the decodings of a training run that gets a third seed come with it
     assert wanted == {("clean", "query"), ("clean", "linear"), ("clean", "sequencepar"), ("clean", "sequencepar-greedy"),
                       ("rare-0.01", "sequencepar"), ("rare-0.01", "query")}
+    # the third seeds, once run, change nothing: the choice reads seeds 0 and 1
+    results.update(rows("clean", "query", 88, 89, 95))
+    assert experiments.third_seeds(results) == wanted
 
 
 def test_quick_experiments_write_every_promised_file(tmp_path):
