@@ -200,3 +200,39 @@ def test_a_run_that_finished_but_was_not_recorded_is_recorded_from_its_files(tra
     shutil.copytree(trained_run[0], experiments.run_dir(cfg, longer.key))
     with pytest.raises(pytest.fail.Exception, match="started again"):
         experiments.execute(cfg, [longer], results, log=lambda *a: None)
+
+
+def test_the_readme_chapter_is_what_the_committed_results_give(tmp_path):
+    """The committed results.md is what generation.py writes from the committed results.csv, and every cell of the
+    README's table in "Does generation pay?" is the mean over seeds of its rows there, computed here from the csv."""
+    here = os.path.join(experiments.ROOT, "experiments")
+    experiments.report(experiments.ExperimentsConfig(results=str(tmp_path)), os.path.join(here, "results.csv"))
+    with open(os.path.join(here, "results.md")) as f:
+        assert (tmp_path / "results.md").read_text() == f.read()
+    with open(os.path.join(here, "results.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def mean(condition, variant, field):
+        values = [float(r[field]) for r in rows if (r["condition"], r["variant"]) == (condition, variant)]
+        assert len(values) >= 2, (condition, variant)
+        return f"{np.mean(values):.2f}"
+
+    readme = open(os.path.join(experiments.ROOT, "README.md")).read()
+    chapter = readme[readme.index("### Does generation pay?"):readme.index("## Deviations")]
+    table = [line.split(" | ") for line in chapter.splitlines() if line.startswith("| ") and "---" not in line]
+    assert table[0] == ["| training labels", "SequencePAR, chain rule", "SequencePAR, greedy", "query head",
+                        "linear head |"]
+    measures = {"clean": ("clean", "mA", "F1"), "clean: one member": ("clean", "one_per_group"),
+                "hidden": ("hidden", "mA", "F1"),
+                "hidden: the 4": ("hidden", "hidden_mA_on_hidden", "hidden_F1_on_hidden"),
+                "symmetric noise 0.2": ("symmetric-0.2", "mA", "F1"), "symmetric noise 0.3": ("symmetric-0.3", "mA", "F1"),
+                "missing positives 0.4": ("missing-0.4", "mA", "F1"), "rare (1%)": ("rare-0.01", "rare_mA")}
+    seen = set()
+    for label, *cells in table[1:]:
+        key = next(k for k in sorted(measures, key=len, reverse=True) if label[2:].startswith(k))
+        condition, *fields = measures[key]
+        for variant, cell in zip(("sequencepar", "sequencepar-greedy", "query", "linear"), cells):
+            expected = " / ".join(mean(condition, variant, f) for f in fields)
+            assert cell.rstrip(" |").rstrip("%") == expected, (label, variant)
+        seen.add(key)
+    assert seen == set(measures)
