@@ -373,23 +373,30 @@ def _read_state_dict(path):
     return state_dict
 
 
+def check_source(name_or_path):
+    """A one-line error unless name_or_path is an official name or an existing file: cheap, so that a run can say it
+    before anything else (what the file holds is checked once it is read)."""
+    if name_or_path in _MODELS or os.path.isfile(name_or_path):
+        return
+    if os.path.isdir(name_or_path):
+        raise UserError(f"CLIP checkpoint {name_or_path} is a folder, not a file")
+    if os.path.splitext(name_or_path)[1]:  # it has a file extension, so it was meant as a path
+        raise MissingFile(f"CLIP checkpoint {name_or_path} not found")
+    raise UserError(f"unknown CLIP model {name_or_path!r}; available models: {', '.join(available_models())}")
+
+
 def load(name_or_path, device="cpu", download_root=None, text=True):
     """Load a CLIP by official name (see available_models(); downloaded once into download_root, by default
     $XDG_CACHE_HOME/clip or else ~/.cache/clip, and checked against its SHA256) or from a file: one of OpenAI's
     released TorchScript archives (known by its SHA256), or a plain state dict saved with torch.save. Any other
     TorchScript archive is refused, since loading it would run its code. Returns the model in fp32 and eval mode; with
     text=False, its image encoder alone."""
+    check_source(name_or_path)
     if name_or_path in _MODELS:
         cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
         path = _download(_MODELS[name_or_path], download_root or os.path.join(cache, "clip"))
-    elif os.path.isdir(name_or_path):
-        raise UserError(f"CLIP checkpoint {name_or_path} is a folder, not a file")
-    elif os.path.isfile(name_or_path):
-        path = name_or_path
-    elif os.path.splitext(name_or_path)[1]:  # it has a file extension, so it was meant as a path
-        raise MissingFile(f"CLIP checkpoint {name_or_path} not found")
     else:
-        raise UserError(f"unknown CLIP model {name_or_path!r}; available models: {', '.join(available_models())}")
+        path = name_or_path
     state_dict = _read_state_dict(path)
     try:
         return build_model(state_dict, text).to(device)

@@ -307,9 +307,12 @@ def _csv_rows(path):
 
 
 def _read_prompts(data, path):
-    # an optional prompts.csv next to the annotation file: attribute,prompt rows that replace our sentences
+    # an optional prompts.csv next to the annotation file: attribute,prompt rows that replace our sentences, after a
+    # header (attribute,prompt); a first row that names an attribute is a prompt, not a header, and is kept
     prompts_path = os.path.join(os.path.dirname(path), "prompts.csv")
-    rows = _csv_rows(prompts_path)[1:] if os.path.exists(prompts_path) else []  # after the header
+    rows = _csv_rows(prompts_path) if os.path.exists(prompts_path) else []
+    if rows and rows[0][1][0] not in data.attr_names:
+        rows = rows[1:]
     for _, r in rows:
         if len(r) != 2 or r[0] not in data.attr_names:
             raise UserError(f"{prompts_path}: row {','.join(r)} is not attribute,prompt for an attribute read from "
@@ -369,8 +372,9 @@ PICKLES = ("peta_zs", "rap_zs", "pkl")  # the datasets that take --pkl and --ima
 PARTITIONED = ("peta", "rapv1", "rapv2") + PICKLES  # and those that take --partition
 
 
-def load_dataset(name, root=None, *, pkl=None, images=None, partition=0):
-    """Reads dataset `name` from `root` (default data/<name>) into a PARData; synth is drawn on first use. Pickles take
+def load_dataset(name, root=None, *, pkl=None, images=None, partition=0, draw=False):
+    """Reads dataset `name` from `root` (default data/<name>) into a PARData; with draw=True, synth is drawn on first
+    use (a training run on the default data/synth asks for that; a folder a user names is never filled). Pickles take
     `pkl` (the file under root; for `pkl` the one there) and `images` (their folder under root); `partition` picks
     one of several random partitions (0, the one papers report)."""
     if name not in DATASETS:
@@ -387,7 +391,7 @@ def load_dataset(name, root=None, *, pkl=None, images=None, partition=0):
             raise UserError(f"{root} holds several pickles ({', '.join(found)}); choose one with --pkl=FILE")
         ann = found[0] if found else "*.pkl"
     path = os.path.join(root, pkl or ann)
-    if name == "synth" and not os.path.exists(path):
+    if draw and name == "synth" and not os.path.exists(path):
         print(f"synth: {path} not found, drawing {synth.N} images into {root} ...", end=" ", flush=True)
         t0 = time.time()
         synth.make_synthetic(root, synth.N, seed=0)
@@ -429,6 +433,8 @@ def label_warnings(data, selection):
             if len(both):
                 out.append(f"images in both {a} and {b}: {len(both)}, such as {both[0]}")
     for split in dict.fromkeys(("train", selection)):
+        if split not in data.splits:
+            continue  # (a missing split is said by summary, and refused by train.py)
         labels = data.labels[data.splits[split]]
         for kind, count in (("positive", labels.sum(0)), ("negative", len(labels) - labels.sum(0))):
             missing = [n for n, c in zip(data.attr_names, count) if c == 0]
@@ -443,8 +449,10 @@ def summary(name, data):
     lines = [f"{name}: {n} images, {a} attributes; " + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())]
     lines += [f"  {rate:6.1%}  {attr:<24} {p}" for attr, p, rate in zip(data.attr_names, data.prompts, rates)]
     lines += [f"note: {note}" for note in data.notes]
-    if "train" in data.splits:
-        lines += [f"warning: {w}" for w in label_warnings(data, "val" if "val" in data.splits else "test")]
+    missing = [s for s in ("train", "test") if s not in data.splits]
+    if missing:
+        lines += [f"warning: no {' and no '.join(missing)} split; train.py needs train and test images"]
+    lines += [f"warning: {w}" for w in label_warnings(data, "val" if "val" in data.splits else "test")]
     return "\n".join(lines + [f"first image: {data.image_paths[0] if n else '-'}"])
 
 

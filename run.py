@@ -68,8 +68,8 @@ def hold_folder(out):
 
 
 def prepare_out_dir(cfg):
-    """Holds out_dir for this run and makes sure it holds no other run, unless we resume it or replace it. A replaced
-    run's checkpoints and reports are removed, so that none of them passes for the new run's; nothing else is."""
+    """Holds out_dir for this run and makes sure it holds no other run, unless we resume it or replace it. Nothing is
+    removed here: a run to be replaced stays until the new run has passed its checks (see remove_replaced_run)."""
     out = cfg.out_dir
     hold_folder(out)
     held = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
@@ -78,6 +78,12 @@ def prepare_out_dir(cfg):
     if held and not cfg.resume and not cfg.overwrite:
         raise UserError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume=True, or choose "
                         f"another --out_dir, or replace it with --overwrite=True")
+
+
+def remove_replaced_run(cfg):
+    """With --overwrite=True, once every check has passed and the new run is about to write: the replaced run's
+    checkpoints and reports are removed, so that none of them passes for the new run's; nothing else is."""
+    out = cfg.out_dir
     replaced = sorted(f for f in os.listdir(out) if RUN_FILE.fullmatch(f)) if cfg.overwrite else []
     if replaced:
         print(f"--overwrite=True: this run replaces the one in {out}; removed {', '.join(replaced)}")

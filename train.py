@@ -30,11 +30,11 @@ import cli
 from cli import UserError, save_atomic
 import clip
 from checkpoint import load_checkpoint
-from data import label_warnings, load_dataset
+from data import DATASETS, label_warnings, load_dataset
 from decoder import DecoderConfig, LinearHead, QueryHead, SequencePAR, labels_to_targets
 from evaluate import decoding_options, evaluate, format_metrics, metrics, predict
 from dataset import EpochBatches, check_images, make_batches
-from run import CSVLog, Interrupt, prepare_out_dir, resume, run_steps
+from run import CSVLog, Interrupt, prepare_out_dir, remove_replaced_run, resume, run_steps
 
 
 @dataclass
@@ -133,6 +133,10 @@ def check_config(cfg):
     decoding_options(cfg)
     if cfg.resume and cfg.overwrite:
         raise UserError("--resume=True and --overwrite=True contradict each other: continue the run, or replace it")
+    if cfg.dataset not in DATASETS:
+        raise UserError(f"--dataset={cfg.dataset}: unknown; known: {', '.join(DATASETS)}")
+    if cfg.clip != "tiny":
+        clip.check_source(cfg.clip)
     cli.resolve_device(cfg.device)
     width = TINY_CLIP.embed_dim if cfg.clip == "tiny" else clip.config(cfg.clip).embed_dim \
         if cfg.clip in clip.available_models() else None  # a CLIP file is checked once it is read
@@ -147,7 +151,8 @@ def check_heads(n_head, width):
 def read_data(cfg, master=True, log=print):
     """The dataset and the split that selects the model. Every split the run needs must be there, with enough images
     for a batch, and every image file present (with --decode=True, readable): better now than hours into a run."""
-    data = load_dataset(cfg.dataset, cfg.root or None, pkl=cfg.pkl, images=cfg.images, partition=cfg.partition)
+    data = load_dataset(cfg.dataset, cfg.root or None, pkl=cfg.pkl, images=cfg.images, partition=cfg.partition,
+                        draw=not cfg.root)
     for note in data.notes:
         log(f"{cfg.dataset}: {note}")
     eval_split = "val" if "val" in data.splits else "test"  # RAPv1 and WIDER publish no validation split
@@ -240,6 +245,8 @@ def main(argv):
         dist.barrier()
 
     model = build_model(cfg, data).to(device)
+    if master:  # every check has passed: only now does a replaced run's work go
+        remove_replaced_run(cfg)
     # Every head of one seed starts from the same image encoder (CLIP builds it first) and sees the same batches with
     # the same augmentation (its own generator, in make_batches). What draws from torch's generator from here on, the
     # heads' dropout, starts from the same state whatever the head drew for its own weights.

@@ -486,7 +486,7 @@ def main(argv):
                             "move it away or choose another --results folder")
     if cfg.quick and not os.path.exists(os.path.join(cfg.root, "labels.csv")):
         synth.make_synthetic(cfg.root, 400, seed=1)  # 320 train images: 5 batches of 64
-    base = D.load_dataset("synth", cfg.root)
+    base = D.load_dataset("synth", cfg.root, draw=True)
     datasets, notes = prepare_datasets(cfg, base, chosen)
     for note in notes:
         print(note)
