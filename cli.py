@@ -5,8 +5,8 @@ The command line of every script, in one grammar: options against the script's c
     python train.py --dataset peta --batch_size 64 --compile=True     # the same
 
 `--key=value` and `--key value` are the same option. A value is read as a literal of the field's type: strings need
-no quotes, bools are True or False, numbers are numbers. A bool option alone (`--resume`) means True, and it takes
-the next argument only when that is True or False, so `sample.py --json img.jpg` still reads img.jpg as an image.
+no quotes, bools are True or False (yes, no, 1 and 0 too), numbers are numbers. A bool option alone (`--resume`) means True,
+and it takes the next argument only when that is a bool, so `sample.py --json img.jpg` still reads img.jpg as an image.
 The options that name files or folders (the dataclass's PATHS) get ~ expanded. `--help` prints the options with
 their defaults and the comments beside the fields, read off the dataclass's source, so the help and the code cannot
 disagree.
@@ -25,7 +25,8 @@ import sys
 
 import torch
 
-EXPECTED = {bool: "True or False", int: "an integer", float: "a number"}
+EXPECTED = {bool: "True or False (or yes, no, 1, 0)", int: "an integer", float: "a number"}
+BOOLS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
 
 class UserError(ValueError):
@@ -34,6 +35,11 @@ class UserError(ValueError):
 
 class MissingFile(UserError, FileNotFoundError):
     """A file or folder the user named, or that a dataset needs, is not there."""
+
+
+def worker_count(workers):
+    """--workers, at most one DataLoader process per core this process may run on: more only wait on each other."""
+    return min(workers, len(os.sched_getaffinity(0)))
 
 
 def script_of(config_class):
@@ -55,13 +61,14 @@ def split_args(argv, config_class):
         if key not in types:
             raise UserError(f"unknown option --{key}; valid options: {', '.join(types)}")
         if not eq and types[key] is bool:  # a bool alone is True; it takes the next argument only if that is a bool
-            text = args.pop(0) if args and args[0] in ("True", "False") else "True"
+            text = args.pop(0) if args and args[0].lower() in ("true", "false", "yes", "no") else "True"
         elif not eq:
             if not args or args[0].startswith("--"):
                 raise UserError(f"--{key}: expected a value, --{key}=VALUE or --{key} VALUE")
             text = args.pop(0)
         try:
-            value = text if types[key] is str else ast.literal_eval(text)
+            value = text if types[key] is str else BOOLS.get(text.lower()) if types[key] is bool else \
+                ast.literal_eval(text)
         except (ValueError, SyntaxError):
             value = None
         if types[key] is float and type(value) is int:
@@ -99,11 +106,21 @@ def usage(config_class, doc, epilog=""):
         field = re.match(r"\s*(\w+): [\w.]+ = [^#]*?(?:# (.*))?$", line)
         comment = re.match(r"\s*# (.*)", line)
         if field and field[1] in defaults:
-            lines.append((f"  --{field[1]}={defaults[field[1]]}".ljust(34) + (field[2] or "")).rstrip())
+            option = f"  --{field[1]}={defaults[field[1]]}"
+            if len(option) >= 34 and field[2]:  # a long default: its comment on the next line, in the column
+                option += "\n" + " " * 34
+            lines.append((option.ljust(34) + (field[2] or "")).rstrip())
         elif comment:
             deep = len(line) - len(line.lstrip()) > 4  # a field comment's second line, aligned under the first
             lines.append((" " * 34 if deep else "  # ") + comment[1])
     return "\n".join(lines + (["", epilog.strip()] if epilog else []))
+
+
+def one_line(e):
+    """The message of a UserError. One raised in a DataLoader worker arrives with its traceback as text: its last line
+    is "module.Class: message"."""
+    lines = (str(e).strip() or type(e).__name__).splitlines()
+    return re.sub(r"^[\w.]+: ", "", lines[-1]) if len(lines) > 1 else lines[0]
 
 
 def run(main, config_class, doc, epilog=""):
@@ -121,9 +138,7 @@ def run(main, config_class, doc, epilog=""):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush would fail again)
         sys.exit(1)
     except UserError as e:
-        lines = (str(e).strip() or type(e).__name__).splitlines()
-        # a DataLoader worker's error arrives with its traceback as text: its last line is "module.Class: message"
-        sys.exit("error: " + (re.sub(r"^[\w.]+: ", "", lines[-1]) if len(lines) > 1 else lines[0]))
+        sys.exit("error: " + one_line(e))
     except OSError as e:
         if e.filename is None:  # not about a file of the user's: a bug of ours, with its traceback
             raise

@@ -14,11 +14,13 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+import cli
 from cli import MissingFile, UserError, save_atomic
 
 # CLIP's training-set statistics; pretrained weights expect images normalised with exactly these.
@@ -73,23 +75,63 @@ def _eight_bit(img):
     return img
 
 
+class BadImage(UserError):
+    """An image that cannot be read: a run that meets one in the middle of training saves its state first."""
+
+
+class MissingImage(BadImage, MissingFile):
+    pass
+
+
 def read_image(path):
     """The image at `path` in RGB, as a viewer shows it: EXIF orientation applied (a phone's portrait photo is upright),
     the first frame of an animation, 16-bit and float images scaled by their real range. An unreadable file, or one
-    over Pillow's pixel limit (a decompression bomb), raises a one-line ValueError naming it."""
+    over Pillow's pixel limit (a decompression bomb), raises a one-line ValueError naming it; one over Pillow's warning
+    limit (half that) is read, and said in one line of ours, once per process."""
     try:
-        with Image.open(path) as img:
-            img.seek(0)
-            return _eight_bit(ImageOps.exif_transpose(img)).convert("RGB")  # grey, palette, RGBA, CMYK all become RGB
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.seek(0)
+                rgb = _eight_bit(ImageOps.exif_transpose(img)).convert("RGB")  # grey, palette, RGBA, CMYK: all RGB
     except FileNotFoundError:
-        raise MissingFile(f"image {path} not found") from None
+        raise MissingImage(f"image {path} not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
+        raise BadImage(f"cannot read image {path}: {e}") from None
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning) and path not in _large:
+            _large.add(path)
+            print(f"warning: image {path} is {rgb.width} x {rgb.height} pixels, over Pillow's warning limit of "
+                  f"{Image.MAX_IMAGE_PIXELS:,}; read anyway, slowly", file=sys.stderr)
+        elif not issubclass(w.category, Image.DecompressionBombWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # (another warning: as it was)
+    return rgb
+
+
+_large = set()  # the images read_image has said are large, in this process
+
+
+def image_problem(path):
+    """Why the file at `path` cannot be an image, from what is cheap to learn without decoding it: missing, empty, or
+    a header that is no format Pillow knows (or a size over its limit); None when it may well be one. A file whose data
+    is cut or damaged after a sound header passes: only decoding it (--decode=True) finds that."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "an empty file"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # (read_image says it when it reads it)
+            with Image.open(path):  # reads the header only
+                return None
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return str(e).replace(f"{path!r}", "").replace(str(path), "").replace("  ", " ").strip() or type(e).__name__
 
 
 def check_images(paths, decode=False):
-    """Raises one line naming the first missing (or, with decode, unreadable) images and their count. A stat per file
-    takes about a second for 100,000 images, so a run checks all of them before it starts."""
+    """Raises one line naming the images that cannot be used and their count: missing, empty, or without an image
+    header Pillow knows (with decode, those that do not decode in full). The header of a file costs about 30 us, so a
+    run checks all of its images before it starts (3 s for 100,000)."""
     bad = []
     for i, p in enumerate(paths):
         if decode:
@@ -98,14 +140,26 @@ def check_images(paths, decode=False):
             try:
                 read_image(p)
             except (FileNotFoundError, ValueError) as e:
-                bad.append(f"{p} ({e})" if os.path.exists(p) else p)
+                bad.append((p, f"{e}" if os.path.exists(p) else "missing"))
         elif not os.path.isfile(p):
-            bad.append(p)
+            bad.append((p, "missing"))
+        else:
+            problem = image_problem(p)
+            if problem:
+                bad.append((p, problem))
     if decode:
         print(f"\rreading images: {len(paths)}/{len(paths)}", file=sys.stderr)
-    if bad:
-        raise MissingFile(f"{len(bad)} of {len(paths)} images are {'missing or unreadable' if decode else 'missing'}: "
-                          + ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else ""))
+    if not bad:
+        return
+    shown = 10
+    if all(why == "missing" for _, why in bad):  # (the common case: a folder not there, or moved)
+        listed, kind = ", ".join(p for p, _ in bad[:shown]), "missing"
+    else:
+        listed, kind = ", ".join(f"{p} ({why})" for p, why in bad[:shown]), "missing or unreadable"
+    more = f", and {len(bad) - shown} more" if len(bad) > shown else ""
+    hint = "" if decode or kind == "missing" else \
+        "; mend or remove them (--decode=True opens every image in full, and finds the rest)"
+    raise MissingFile(f"{len(bad)} of {len(paths)} images are {kind}: {listed}{more}{hint}")
 
 
 class PARImages(torch.utils.data.Dataset):
@@ -219,8 +273,8 @@ def make_batches(cfg, data, size, sampler, cuda):
         def eval_batches(split):
             return ((normalize(pixels[i]), labels[i]) for i in torch.from_numpy(data.splits[split]).split(eval_size))
         return train_batches(), eval_batches, generator
-    loader_args = dict(num_workers=cfg.workers, pin_memory=cuda, persistent_workers=cfg.workers > 0,
-                       worker_init_fn=worker_init)
+    workers = cli.worker_count(cfg.workers)
+    loader_args = dict(num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0, worker_init_fn=worker_init)
     # The PIL transforms draw from torch's global generator, in whichever process runs them. With workers, that is
     # each worker's, seeded from a number the loader draws from `generator`: paired between heads, but a resumed run's
     # workers start their streams again. Without, it is the main process's, which dropout also draws from: we lend
@@ -240,7 +294,7 @@ def make_batches(cfg, data, size, sampler, cuda):
     def eval_batches(split):
         return torch.utils.data.DataLoader(PARImages(data, data.splits[split], size, train=False), eval_size,
                                            **loader_args)
-    return (train_batches if cfg.workers else in_this_process()), eval_batches, generator
+    return (train_batches if workers else in_this_process()), eval_batches, generator
 
 
 class EpochBatches(torch.utils.data.Sampler):

@@ -372,7 +372,7 @@ def main(argv):
     print(f"scoring {cfg.ckpt} (step {ckpt['step']}) on {dataset['dataset']} {cfg.split}: "
           f"{len(data.splits[cfg.split])} images, {describe(model, decoding)}")
     batches = torch.utils.data.DataLoader(PARImages(data, data.splits[cfg.split], model.clip.config.image_resolution,
-                                                    train=False), cfg.batch_size, num_workers=cfg.workers)
+                                                    train=False), cfg.batch_size, num_workers=cli.worker_count(cfg.workers))
     return evaluate(model, data, cfg.split, batches, out_dir, dict(checkpoint=cfg.ckpt, step=ckpt["step"],
                     dataset=dataset["dataset"]), decoding, device, ctx, cfg.pictures)
 

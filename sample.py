@@ -198,9 +198,9 @@ def main(argv):
     if not paths:
         raise UserError(f"no images in {', '.join(inputs)} (files ending in {', '.join(IMAGE_EXTENSIONS)})")
     size = model.clip.config.image_resolution
-    loader = torch.utils.data.DataLoader(Images(paths, size), opts.batch_size, num_workers=opts.workers,
+    loader = torch.utils.data.DataLoader(Images(paths, size), opts.batch_size, num_workers=cli.worker_count(opts.workers),
                                          collate_fn=collate)
-    results, failed, all_scores = {}, {}, {}
+    results, failed, all_scores, written = {}, {}, {}, 0
     if opts.out_dir:
         os.makedirs(opts.out_dir, exist_ok=True)
     for idx, images, errors in loader:
@@ -218,6 +218,7 @@ def main(argv):
             if opts.out_dir:
                 stem = os.path.join(opts.out_dir, f"{i:05d}_" + os.path.splitext(os.path.basename(paths[i]))[0])
                 draw_labels(paths[i], results[i]).save(stem + ".png")
+                written += 1
                 if maps is not None:
                     # SequencePAR chose its k-th emitted attribute at position k - 1; the query head decides attribute j
                     # at position j
@@ -225,6 +226,7 @@ def main(argv):
                     shown = Image.fromarray((shown.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy())
                     chosen = maps[b, emitted] if isinstance(model, QueryHead) else maps[b, :len(emitted)]
                     draw_attention(shown, chosen.cpu(), [names[j] for j in emitted]).save(stem + "_attention.png")
+                    written += 1
     if opts.json:
         print(json.dumps([dict(image=printable(p), attributes=dict(results[i]),
                                **(dict(scores=all_scores[i]) if every else {})) if i in results else
@@ -240,8 +242,8 @@ def main(argv):
                     print("  not predicted: " + ", ".join(f"{n} {v:.2f}" for v, n in others))
     for i in sorted(failed):
         print(f"error: {failed[i]}", file=sys.stderr)
-    if opts.out_dir:
-        print(f"pictures written to {opts.out_dir}/", file=sys.stderr)
+    if written:
+        print(f"{written} picture{'s' * (written > 1)} written to {opts.out_dir}/", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -33,7 +33,7 @@ from checkpoint import load_checkpoint
 from data import DATASETS, label_warnings, load_dataset
 from decoder import DecoderConfig, LinearHead, QueryHead, SequencePAR, labels_to_targets
 from evaluate import decoding_options, evaluate, format_metrics, metrics, predict
-from dataset import EpochBatches, check_images, make_batches
+from dataset import BadImage, EpochBatches, check_images, make_batches
 from run import CSVLog, Interrupt, prepare_out_dir, remove_replaced_run, resume, run_steps
 
 
@@ -107,7 +107,12 @@ def parse_config(argv):
         preset = "synth" if overrides.get("dataset") == "synth" else "paper"
     if preset not in PRESETS:
         raise UserError(f"--preset={preset}: expected auto, {' or '.join(PRESETS)}")
-    return TrainConfig(**{**PRESETS[preset], **overrides, "preset": preset})
+    cfg = TrainConfig(**{**PRESETS[preset], **overrides, "preset": preset})
+    if "warmup_epochs" not in overrides and cfg.warmup_epochs > cfg.epochs:
+        # a run shorter than the preset's warm-up (a quick --epochs=0.5) warms up for the same fraction of its length
+        recipe = {**dataclasses.asdict(TrainConfig()), **PRESETS[preset]}
+        cfg.warmup_epochs = cfg.epochs * recipe["warmup_epochs"] / recipe["epochs"]
+    return cfg
 
 
 PRESETS_HELP = "presets:\n" + "\n".join(f"  {k}: " + (", ".join(f"{n}={v!r}" for n, v in p.items()) or "the defaults")
@@ -119,7 +124,8 @@ def check_config(cfg):
     rules = [("epochs", cfg.epochs > 0, "a positive number"), ("batch_size", cfg.batch_size > 0, "a positive number"),
              ("lr", cfg.lr > 0, "a positive number"), ("head_lr", cfg.head_lr >= 0, "0 or more"),
              ("weight_decay", cfg.weight_decay >= 0, "0 or more"), ("grad_clip", cfg.grad_clip >= 0, "0 or more"),
-             ("warmup_epochs", 0 <= cfg.warmup_epochs <= cfg.epochs, f"between 0 and --epochs={cfg.epochs}"),
+             ("warmup_epochs", 0 <= cfg.warmup_epochs <= cfg.epochs, f"between 0 and --epochs={cfg.epochs:g} (left out, "
+              "it is the preset's fraction of the run)"),
              ("eval_interval", cfg.eval_interval >= 0, "0 (once per epoch) or more steps"),
              ("log_interval", cfg.log_interval > 0, "a positive number of steps"),
              ("workers", cfg.workers >= 0, "0 or more"),
@@ -233,6 +239,9 @@ def main(argv):
     if PRESETS[cfg.preset]:
         log(f"preset {cfg.preset} sets " + ", ".join(f"{k}={v!r}" for k, v in PRESETS[cfg.preset].items())
             + " (options given on the command line win)")
+    if cfg.clip == "tiny" and cfg.lr < 1e-4:
+        log(f"warning: --clip=tiny is a CLIP trained from scratch, and at --lr={cfg.lr:g} (a rate for fine-tuning a "
+            "released CLIP) it learns next to nothing; --preset=synth sets the demo's options, which do learn")
     if master:
         prepare_out_dir(cfg)
 
@@ -292,10 +301,18 @@ def main(argv):
     def save(state, path):
         save_atomic(path, lambda f: torch.save(state, f))
 
+    def stop_at(e):
+        # an image that passed the checks before the run but does not decode: the run stops as a stop signal stops it,
+        # its state saved at this step, so that once the image is mended the resumed run goes on from here
+        if master:
+            save(checkpoint(None), last_path)
+        return UserError(f"{cli.one_line(e)}; stopped at step {step}, saved {last_path}: mend or remove the image, "
+                         "then continue with --resume=True")
+
     iters_per_epoch = sampler.per_epoch
     max_iters = run_steps(cfg, len(data.splits["train"]))
     eval_interval = cfg.eval_interval or iters_per_epoch
-    log(f"training {max_iters} steps: {cfg.epochs:g} epochs of {iters_per_epoch} batches of {cfg.batch_size} images"
+    log(f"training {max_iters} steps: {cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'} of {iters_per_epoch} batches of {cfg.batch_size} images"
         + (f", from step {step}" if step else ""))
     model.train()  # (a CLIP loaded from a file comes in eval mode)
     t_log, t_session, t_eval = time.time(), time.time(), 0.0  # t_eval: this start's seconds of evaluation
@@ -321,7 +338,10 @@ def main(argv):
             if step != state["evaluated"] and (step % eval_interval == 0 or finished):
                 if master:
                     t0 = time.time()
-                    pred, _, gt = predict(raw_model, eval_batches(eval_split), device, ctx, decoding_options(cfg))
+                    try:
+                        pred, _, gt = predict(raw_model, eval_batches(eval_split), device, ctx, decoding_options(cfg))
+                    except BadImage as e:
+                        raise stop_at(e) from None
                     m = metrics(gt, pred)
                     dt = time.time() - t0
                     t_eval += dt
@@ -347,7 +367,10 @@ def main(argv):
             if finished:
                 break
 
-            images, labels = next(train_batches)
+            try:
+                images, labels = next(train_batches)
+            except BadImage as e:
+                raise stop_at(e) from None
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with ctx:
                 _, loss = model(images, labels_to_targets(labels))

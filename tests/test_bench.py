@@ -77,9 +77,9 @@ def test_bench_options_are_checked_before_any_work():
                          ("--clip=ViT-H/14", "--clip=ViT-H/14: expected a released architecture (ViT-B/32, "),
                          ("--dtype=fp16", "--dtype=fp16: expected fp32, or bf16"),
                          ("--device=cuda:99", "--device=cuda:99: this machine has"),
-                         ("--compile=yes", "--compile=yes: expected True or False"),
+                         ("--compile=maybe", "--compile=maybe: expected True or False"),
                          ("--nope=1", "unknown option --nope; valid options: clip, device"),
-                         ("--train=1", "--train=1: expected True or False")):
+                         ("--train=2", "--train=2: expected True or False")):
         with pytest.raises(ValueError, match=re.escape(message)):
             bench.parse_args([arg])
     opts = bench.parse_args(["--clip=ViT-L/14", "--compile=True"])

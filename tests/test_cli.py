@@ -56,7 +56,7 @@ def test_values_are_literals_of_the_fields_type():
     (["--size=2.5"], r"^--size=2\.5: expected an integer$"),
     (["--size", "2.5"], r"^--size=2\.5: expected an integer$"),
     (["--rate=fast"], r"^--rate=fast: expected a number$"),
-    (["--flag=yes"], r"^--flag=yes: expected True or False$"),
+    (["--flag=maybe"], r"^--flag=maybe: expected True or False \(or yes, no, 1, 0\)$"),
     (["--nope=1"], r"^unknown option --nope; valid options: name, size, rate, flag, path$"),
     (["--nope", "1"], r"^unknown option --nope; valid options: name, size, rate, flag, path$"),
     (["size=3"], r"^bad argument 'size=3': expected --key=value or --key value \(python test_cli\.py --help lists the "
@@ -79,6 +79,12 @@ def test_key_space_value_is_key_equals_value_and_a_bool_alone_is_true():
     assert (cfg.flag, cfg.size, rest) == (True, 4, ["img.jpg", "True.jpg"])
     cfg, rest = cli.parse(["a.jpg", "--flag", "False", "b.jpg"], Example, positional=True)
     assert (cfg.flag, rest) == (False, ["a.jpg", "b.jpg"])
+    # yes, no, 1 and 0 are bools too, as people type them (a word, in any case, also after a space)
+    for text, value in (("yes", True), ("No", False), ("1", True), ("0", False), ("TRUE", True)):
+        assert cli.parse([f"--flag={text}"], Example).flag is value
+    assert cli.parse(["--flag", "no"], Example).flag is False
+    cfg, rest = cli.parse(["--flag", "0", "1"], Example, positional=True)  # a digit after a space is an argument
+    assert (cfg.flag, rest) == (True, ["0", "1"])
 
 
 def config_classes():

@@ -170,16 +170,17 @@ def test_bad_data_fails_before_training(tiny_clip_file, tmp_path, splits, missin
     assert os.listdir(out) == [".lock"]
 
 
-def test_an_unreadable_training_image_stops_the_run_with_one_line(tiny_clip_file, tmp_path):
+def test_an_image_over_the_pixel_limit_is_refused_before_training(tiny_clip_file, tmp_path):
     from conftest import write_png
     root = csv_set(tmp_path / "set", ["train"] * 40 + ["test"] * 8)
-    write_png(root / "3.png", np.zeros((1, 1, 3)), size=(40000, 40000))  # over Pillow's pixel limit
+    write_png(root / "3.png", np.zeros((1, 1, 3)), size=(40000, 40000))  # over Pillow's pixel limit, by its header
     for preload in ("False", "True"):
         r = run_script("train.py", "--dataset=csv", f"--root={root}", f"--clip={tiny_clip_file}", "--workers=1",
                        f"--out_dir={tmp_path / preload}", f"--preload={preload}", "--warmup_epochs=0.0")
         assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr[-3000:]
-        assert re.fullmatch(r"error: cannot read image .*/set/3\.png: Image size \(1600000000 pixels\) exceeds .*\n",
-                            r.stderr), r.stderr
+        assert re.fullmatch(r"error: 1 of 48 images are missing or unreadable: .*/set/3\.png \(Image size \(1600000000 "
+                            r"pixels\) exceeds .*\); mend or remove them .*\n", r.stderr), r.stderr
+        assert "step 1/" not in r.stdout and not os.path.exists(tmp_path / preload / "last.pt")
 
 
 def test_resume_refuses_another_model_shape(trained_run, synth_root, tiny_clip_file, tmp_path):

@@ -50,7 +50,7 @@ def test_optimizer_holds_every_trainable_weight_once():
     (["--nope=1"], r"unknown option --nope; valid options: dataset, root, .*, seed"),
     (["--lr=fast"], r"--lr=fast: expected a number"),
     (["--batch_size=2.5"], r"--batch_size=2.5: expected an integer"),
-    (["--resume=yes"], r"--resume=yes: expected True or False"),
+    (["--resume=maybe"], r"--resume=maybe: expected True or False"),
     (["lr=1"], r"bad argument 'lr=1': expected --key=value"),
 ])
 def test_bad_overrides(argv, message):
