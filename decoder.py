@@ -377,36 +377,54 @@ class SequencePAR(AttributeDecoder):
             raise ValueError(f"beam_size={beam_size}: the chain rule decides each attribute once, it has no beam")
         if rule == "greedy" and unweight:
             raise ValueError("unweight=True: only the chain rule reads the probabilities back without the weights")
-        B, K, A = images.shape[0], beam_size, self.n_attr
-        table = self.token_table()
-        kvs = [tuple(t.repeat_interleave(K, dim=0) for t in kv) for kv in self.memory_kv(images)]  # (B*K, nh, L, hs)
-        k = kvs[0][0]
-        shape = (B * K, k.shape[1], A + 1, k.shape[3])  # a slot for each input position: <bos> and A attributes
-        cache = [dict(k=k.new_zeros(shape), v=k.new_zeros(shape)) for _ in kvs]
         if rule == "chain":
-            # m0 (B,): each image's next undecided attribute; A or more once all are decided. One step's p serves
-            # every attribute up to the next one emitted: those are decided against the same prefix.
-            ids = torch.arange(A, device=images.device)
-            m0 = torch.zeros(B, dtype=torch.long, device=images.device)
-            nxt = torch.full((B,), BOS, dtype=torch.long, device=images.device)
-            scores = torch.zeros(B, A, device=images.device)
-            for t in range(A):  # each step decides at least one attribute
-                logits = self.decode(nxt[:, None], kvs, table, cache, start=t)[:, -1].float()  # (B, V)
-                # In log space, from the logits: the ratio ignores any normalisation, so we need no softmax, and no
-                # probability underflows however far apart the logits are. Dividing by w is subtracting log w.
-                if unweight:
-                    logits = logits - self.loss_weight.log()
-                tail = logits[:, N_SPECIAL:].flip(1).logcumsumexp(1).flip(1)  # (B, A): log sum_{k >= m} p(k | s)
-                q = (logits[:, N_SPECIAL:] - torch.logaddexp(logits[:, EOS, None], tail)).exp()  # (B, A)
-                undecided = ids >= m0[:, None]  # (B, A)
-                first = torch.where(undecided & (q > threshold), ids, A).min(1).values  # (B,): A where none is above
-                decided = undecided & (ids <= first[:, None])  # (B, A): m0 .. first; all absent but first, if emitted
-                scores = torch.where(decided, q, scores)
-                m0 = first + 1
-                nxt = torch.where(first < A, first + N_SPECIAL, PAD)  # the emitted attribute, or <pad> if none
-                if (m0 >= A).all():
-                    break
-            return (scores > threshold).to(torch.uint8), scores
+            return self.generate_chain(images, threshold, unweight)
+        return self.generate_beam(images, beam_size)
+
+    def start_decoding(self, images, copies=1):
+        """What every decoding starts from: the token table, each layer's image keys and values (each image's `copies`
+        times over, one per hypothesis) and an empty self-attention cache, a slot for each input position: <bos> and A
+        attributes."""
+        table = self.token_table()
+        kvs = [tuple(t.repeat_interleave(copies, dim=0) for t in kv) for kv in self.memory_kv(images)]  # (B*K, nh, L, hs)
+        k = kvs[0][0]
+        shape = (k.shape[0], k.shape[1], self.n_attr + 1, k.shape[3])
+        return table, kvs, [dict(k=k.new_zeros(shape), v=k.new_zeros(shape)) for _ in kvs]
+
+    @torch.no_grad()
+    def generate_chain(self, images, threshold, unweight):
+        """generate(rule="chain"): the chain rule, every attribute decided in column order (see generate)."""
+        B, A = images.shape[0], self.n_attr
+        table, kvs, cache = self.start_decoding(images)
+        # m0 (B,): each image's next undecided attribute; A or more once all are decided. One step's p serves every
+        # attribute up to the next one emitted: those are decided against the same prefix.
+        ids = torch.arange(A, device=images.device)
+        m0 = torch.zeros(B, dtype=torch.long, device=images.device)
+        nxt = torch.full((B,), BOS, dtype=torch.long, device=images.device)
+        scores = torch.zeros(B, A, device=images.device)
+        for t in range(A):  # each step decides at least one attribute
+            logits = self.decode(nxt[:, None], kvs, table, cache, start=t)[:, -1].float()  # (B, V)
+            # In log space, from the logits: the ratio ignores any normalisation, so we need no softmax, and no
+            # probability underflows however far apart the logits are. Dividing by w is subtracting log w.
+            if unweight:
+                logits = logits - self.loss_weight.log()
+            tail = logits[:, N_SPECIAL:].flip(1).logcumsumexp(1).flip(1)  # (B, A): log sum_{k >= m} p(k | s)
+            q = (logits[:, N_SPECIAL:] - torch.logaddexp(logits[:, EOS, None], tail)).exp()  # (B, A)
+            undecided = ids >= m0[:, None]  # (B, A)
+            first = torch.where(undecided & (q > threshold), ids, A).min(1).values  # (B,): A where none is above
+            decided = undecided & (ids <= first[:, None])  # (B, A): m0 .. first; all absent but first, if emitted
+            scores = torch.where(decided, q, scores)
+            m0 = first + 1
+            nxt = torch.where(first < A, first + N_SPECIAL, PAD)  # the emitted attribute, or <pad> if none
+            if (m0 >= A).all():
+                break
+        return (scores > threshold).to(torch.uint8), scores
+
+    @torch.no_grad()
+    def generate_beam(self, images, beam_size):
+        """generate(rule="greedy"): beam search, which at beam_size=1 is greedy decoding (see generate)."""
+        B, K, A = images.shape[0], beam_size, self.n_attr
+        table, kvs, cache = self.start_decoding(images, K)
         # The B*K hypotheses, image b's in rows b*K .. b*K + K - 1: their ids, the log-probability of each id when
         # emitted, and their sum, the score, not divided by the length: each attribute added costs its log-probability.
         # Only one hypothesis per image is live at first, so that the first step does not pick K copies of the same id.
