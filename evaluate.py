@@ -105,21 +105,123 @@ def scores_every_attribute(model, decoding):
     return not isinstance(model, SequencePAR) or decoding["rule"] == "chain"
 
 
+# The chain rule scores attribute m given the attributes before it, and those are decided as it goes: at 0.5, always.
+# The scores are then the model's alone, the same whatever threshold (or thresholds, one per attribute) later decides
+# what is reported; so is mAP, which reads the scores only.
+CHAIN_PREFIX = 0.5
+
+
+def generate_options(model, decoding):
+    """The keyword arguments of the model's generate for a decoding (see decoding_options): the query and linear heads
+    take none (their sigmoids have no rule, beam or weights to undo), and the chain rule's prefix is CHAIN_PREFIX's."""
+    if not isinstance(model, SequencePAR):
+        return {}
+    return dict(rule=decoding["rule"], beam_size=decoding["beam_size"], unweight=decoding["unweight"],
+                threshold=CHAIN_PREFIX)
+
+
+def applied(model, decoding):
+    # the decoding as it was applied, for the records: the multi-label heads' is their threshold alone
+    return decoding if isinstance(model, SequencePAR) else dict(rule="sigmoid", threshold=decoding["threshold"])
+
+
 @torch.no_grad()
-def predict(model, batches, device, ctx, decoding):
-    """Decodes every batch of (images, labels) with generate(**decoding): returns pred (N, A) uint8, scores (N, A)
-    and gt (N, A) as numpy."""
+def generate(model, images, decoding, thresholds=None):
+    """(pred (B, A) uint8, scores (B, A)) for a batch: the model's generate, then, where the scores cover every
+    attribute, each attribute present where its score is above its threshold (strictly): `thresholds`, one per
+    attribute, or else decoding's one threshold. Greedy decoding's pred is what it emitted."""
+    pred, scores = model.generate(images, **generate_options(model, decoding))
+    if scores_every_attribute(model, decoding):
+        t = decoding["threshold"] if thresholds is None else thresholds
+        pred = (scores > torch.as_tensor(t, dtype=scores.dtype, device=scores.device)).to(torch.uint8)
+    return pred, scores
+
+
+@torch.no_grad()
+def predict(model, batches, device, ctx, decoding, thresholds=None):
+    """Decodes every batch of (images, labels) with generate(model, images, decoding, thresholds): returns pred (N, A)
+    uint8, scores (N, A) and gt (N, A) as numpy."""
     was_training = model.training
     model.eval()
     preds, scores, gts = [], [], []
     for images, labels in batches:
         with ctx:
-            pred, score = model.generate(images.to(device, non_blocking=True), **decoding)
+            pred, score = generate(model, images.to(device, non_blocking=True), decoding, thresholds)
         preds.append(pred.cpu())
         scores.append(score.float().cpu())
         gts.append(labels.cpu())
     model.train(was_training)
     return torch.cat(preds).numpy(), torch.cat(scores).numpy(), torch.cat(gts).numpy()
+
+
+def choose_thresholds(gt, scores, default=0.5):
+    """Per attribute j of gt (N, A) in {0, 1} and scores (N, A): the threshold t at which "score > t" has the highest
+    balanced accuracy (mA_j) on these images, searched exactly over the distinct scores (and 0 and the default: every
+    decision these images allow). Where the default reaches the best too, or the attribute has no positive or no
+    negative here, it keeps the default; among other ties, the t nearest the default. Returns the thresholds (A,), the
+    balanced accuracy each reaches here, in percent, and for each attribute that kept the default why: "one-sided" or
+    "tie" (the default is as good), else None."""
+    gt, scores = np.asarray(gt).astype(bool), np.asarray(scores)
+    thresholds, accuracies, kept = [], [], []
+    for g, s in zip(gt.T, scores.T):
+        P, N = int(g.sum()), int((~g).sum())
+        if P == 0 or N == 0:
+            thresholds.append(default)
+            recalls = ((s > default)[g].mean() if P else 0.0, (s <= default)[~g].mean() if N else 0.0)
+            accuracies.append(100 * float(sum(recalls)) / 2)
+            kept.append("one-sided")
+            continue
+        pos, neg = np.sort(s[g]), np.sort(s[~g])
+        t = np.unique(np.r_[s, 0.0, default]).astype(s.dtype)
+        tp = P - np.searchsorted(pos, t, side="right")  # positives above t
+        tn = np.searchsorted(neg, t, side="right")  # negatives at or below t
+        ba = tp * N + tn * P  # balanced accuracy x 2PN: integers, so that ties are exact
+        at_default = ba[np.searchsorted(t, s.dtype.type(default))]
+        best = np.flatnonzero(ba == ba.max())
+        if at_default == ba.max():
+            choice, why = s.dtype.type(default), "tie"
+        else:
+            choice, why = t[best[np.argmin(np.abs(t[best].astype(np.float64) - default))]], None
+        thresholds.append(float(choice))
+        accuracies.append(100 * float(ba.max()) / (2 * P * N))
+        kept.append(why)
+    return thresholds, accuracies, kept
+
+
+def read_thresholds(path, names):
+    """Per-attribute thresholds from a CSV file of attribute,threshold rows (a header first, if any), one row for each
+    attribute of `names`, in any order; in names' order. Anything else is a one-line error."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except FileNotFoundError:
+        raise cli.MissingFile(f"--thresholds={path} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--thresholds={path}: cannot read it ({e})") from None
+    if rows and rows[0][0] not in names:  # a header
+        rows = rows[1:]
+    given = {}
+    for r in rows:
+        if len(r) != 2 or r[0] not in names or r[0] in given:
+            what = "an attribute named twice" if len(r) == 2 and r[0] in given else f"not attribute,threshold for one " \
+                f"of the model's {len(names)} attributes"
+            raise UserError(f"--thresholds={path}: row {','.join(r)} is {what}")
+        try:
+            t = float(r[1])
+        except ValueError:
+            t = float("nan")
+        if not 0 <= t <= 1:
+            raise UserError(f"--thresholds={path}: the threshold of {r[0]} is {r[1]}; expected a number from 0 to 1")
+        given[r[0]] = t
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise UserError(f"--thresholds={path}: {len(given)} thresholds for the model's {len(names)} attributes; "
+                        f"missing {', '.join(missing[:5])}" + (", ..." if len(missing) > 5 else ""))
+    return [given[n] for n in names]
+
+
+def thresholds_csv(names, thresholds):
+    return "attribute,threshold\n" + "".join(f"{n},{t!r}\n" for n, t in zip(names, thresholds))
 
 
 def attribute_metrics(gt, pred):
@@ -150,10 +252,10 @@ def one_sided(names, gt):
                 without_negatives=[n for n, k in zip(names, gt.sum(0)) if k == len(gt)])
 
 
-def report(names, gt, pred, ap=None):
-    """The overall metrics (with mAP, given each attribute's AP), the set sizes and the per-attribute table, as
-    Markdown that also reads aligned; an attribute without positives (or negatives) here is named under the metrics
-    and marked * in the table."""
+def report(names, gt, pred, ap=None, thresholds=None):
+    """The overall metrics (with mAP, given each attribute's AP), the set sizes and the per-attribute table (with each
+    attribute's threshold, given them), as Markdown that also reads aligned; an attribute without positives (or
+    negatives) here is named under the metrics and marked * in the table."""
     m, s, capped = metrics(gt, pred), set_sizes(gt, pred), one_sided(names, gt)
     if ap is not None:
         m["mAP"] = mean_ap(ap)
@@ -161,11 +263,13 @@ def report(names, gt, pred, ap=None):
              + ", ".join(v) for k, v in capped.items() if v]
     marked = set(sum(capped.values(), []))
     width = max(len("attribute"), *(len(n) + 2 * (n in marked) for n in names))
-    head = ["rate", "mA", "recall", "neg_recall", "precision", "F1"] + (["AP"] if ap is not None else [])
+    head = ["rate", "mA", "recall", "neg_recall", "precision", "F1"] + (["AP"] if ap is not None else []) \
+        + (["threshold"] if thresholds is not None else [])
     lines = [f"| {'attribute':<{width}} | " + " | ".join(f"{h:>10}" for h in head) + " |",
              f"|{'-' * (width + 2)}|" + "|".join("-" * 11 + ":" for _ in head) + "|"]
     for j, (name, row) in enumerate(zip(names, attribute_metrics(gt, pred))):
         row = {**row, "AP": ap[j]} if ap is not None else row
+        row = {**row, "threshold": 100 * thresholds[j]} if thresholds is not None else row  # (in percent, as the rest)
         name = name + " *" if name in marked else name
         lines.append(f"| {name:<{width}} | " + " | ".join(f"{row[h]:>10.2f}" for h in head) + " |")
     return "\n".join([format_metrics(m), f"attributes per image: {s['predicted']:.2f} predicted, {s['true']:.2f} true",
@@ -249,13 +353,36 @@ def failures_figure(images, names, gt, pred, scores, height=160, per_row=4):
 # the files of an evaluation
 
 
-def describe(model, decoding):
-    # how the predictions were decided, in a few words
+def describe(model, decoding, per_attribute=None):
+    # how the predictions were decided, in a few words; per_attribute: where each attribute's threshold came from
+    at = per_attribute or f"threshold {decoding['threshold']:g}"
     if not isinstance(model, SequencePAR):
-        return f"sigmoids above {decoding['threshold']:g}"
+        return f"sigmoids, {at}"
     if decoding["rule"] == "greedy":
         return "greedy decoding" if decoding["beam_size"] == 1 else f"beam search {decoding['beam_size']}"
-    return f"chain rule, threshold {decoding['threshold']:g}" + (", unweighted" if decoding["unweight"] else "")
+    return f"chain rule, {at}" + (", unweighted" if decoding["unweight"] else "")
+
+
+def thresholds_to_use(ckpt, model, decoding, given, names):
+    """What decides each attribute in evaluate.py and sample.py, and the words that say it (None: decoding's one
+    threshold): --thresholds=FILE, else --threshold=T (one for all), else the thresholds the training run chose, where
+    they were chosen for these scores (the same rule and unweighting)."""
+    if given.get("thresholds") and "threshold" in given:
+        raise UserError("--threshold and --thresholds: give one threshold for every attribute, or a file of them")
+    if not scores_every_attribute(model, decoding):
+        if given.get("thresholds"):
+            raise UserError("--thresholds: greedy decoding scores only the attributes it emits, so it has nothing to "
+                            "decide at a threshold; they need --rule=chain")
+        return None, None
+    if given.get("thresholds"):
+        return read_thresholds(given["thresholds"], names), f"each attribute's threshold from {given['thresholds']}"
+    run = ckpt.get("thresholds")
+    if "threshold" in given or not run:
+        return None, None
+    scored = applied(model, decoding)
+    if (run["rule"], run.get("unweight", False)) != (scored["rule"], scored.get("unweight", False)):
+        return None, None  # chosen for other scores
+    return run["values"], f"each attribute's threshold, chosen on {run['split']}"
 
 
 def git_commit():
@@ -275,16 +402,27 @@ def save_picture(img, path):
 
 
 def evaluate(model, data, split, batches, out_dir, source, decoding, device="cpu", ctx=nullcontext(), pictures=16,
-             log=print, title=None):
-    """Decodes a split's batches with generate(**decoding), prints the report (under `title`, by default the checkpoint
-    and its step) and writes the files of an evaluation into out_dir, each one atomically; `source` (the checkpoint,
-    its step, the dataset's name) goes into metrics_<split>.json. Returns the overall metrics, with mAP where the
-    scores cover every attribute."""
-    pred, scores, gt = predict(model, batches, device, ctx, decoding)
+             log=print, title=None, thresholds=None, chosen_on=None, predicted=None):
+    """Decodes a split's batches (see generate), prints the report (under `title`, by default the checkpoint and its
+    step) and writes the files of an evaluation into out_dir, each one atomically; `source` (the checkpoint, its step,
+    the dataset's name) goes into metrics_<split>.json. With `thresholds`, one per attribute (from `chosen_on`, a few
+    words), the attributes are decided at those, and the metrics at decoding's one threshold are printed first and
+    kept too. predicted: what predict returned for these batches, if it has run. Returns the overall metrics at the
+    thresholds used, with mAP where the scores cover every attribute."""
+    every = scores_every_attribute(model, decoding)
+    thresholds = thresholds if every else None  # (greedy decoding has no score for what it did not emit)
+    pred, scores, gt = predicted or predict(model, batches, device, ctx, decoding)
     indices, names = data.splits[split], data.attr_names
-    ap = average_precision(gt, scores) if scores_every_attribute(model, decoding) else None
+    ap = average_precision(gt, scores) if every else None
+    at_default = None
+    if thresholds is not None:
+        at_default = metrics(gt, pred)
+        pred = (scores > np.asarray(thresholds, dtype=scores.dtype)).astype(np.uint8)
     title = title or f"{source['checkpoint']}, step {source['step']}"
-    log(f"{split} ({title}, {len(indices)} images, {describe(model, decoding)}): " + report(names, gt, pred, ap))
+    line = f"{split} ({title}, {len(indices)} images, " + "{}): "
+    if at_default is not None:
+        log(line.format(describe(model, decoding)) + format_metrics({**at_default, "mAP": mean_ap(ap)}))
+    log(line.format(describe(model, decoding, chosen_on)) + report(names, gt, pred, ap, thresholds))
     written = [f"metrics_{split}.json", f"predictions_{split}.csv"]
     if isinstance(model, AttributeDecoder):  # the attribute tokens of SequencePAR or the query head (linear: none)
         with torch.no_grad():
@@ -303,7 +441,12 @@ def evaluate(model, data, split, batches, out_dir, source, decoding, device="cpu
     if ap is not None:
         overall["mAP"] = mean_ap(ap)
         per_attribute = [{**row, "AP": a} for row, a in zip(per_attribute, ap)]
-    result = dict(**source, split=split, **decoding, images=len(indices), commit=git_commit(), overall=overall,
+    if at_default is not None:
+        at_default["mAP"] = overall["mAP"]
+    used = dict(thresholds=dict(zip(names, thresholds)), thresholds_from=chosen_on, overall_at_threshold=at_default) \
+        if thresholds is not None else {}
+    result = dict(**source, split=split, **applied(model, decoding), **used, images=len(indices), commit=git_commit(),
+                  overall=overall,
                   set_size=set_sizes(gt, pred), attributes=dict(zip(names, per_attribute)), **one_sided(names, gt),
                   failures=[dict(image=data.image_paths[indices[i]], errors=e) for i, e in zip(worst, errors)])
     # the metrics last: whoever finds them finds the predictions they were computed from
@@ -333,11 +476,14 @@ class EvalConfig:
     threshold: float = 0.5
     unweight: bool = False
     beam_size: int = 1
+    thresholds: str = ""          # a CSV file of attribute,threshold rows, one per attribute ("": the run's own, if it
+                                  # chose them on val, unless --threshold is given)
+    choose_thresholds: bool = False  # choose each attribute's threshold on --split, write thresholds_<split>.csv
     batch_size: int = 64
     workers: int = 4              # DataLoader processes
     pictures: int = 16            # images in the gallery of failures (0: no gallery)
     device: str = "auto"          # cuda when there is one
-    PATHS = ("ckpt", "out_dir", "root", "pkl", "images")
+    PATHS = ("ckpt", "out_dir", "root", "pkl", "images", "thresholds")
 
 
 def main(argv):
@@ -369,12 +515,31 @@ def main(argv):
         raise UserError(f"{dataset['dataset']} has no {cfg.split} split; its splits: {', '.join(data.splits)}")
     check_images([data.image_paths[i] for i in data.splits[cfg.split]])
     model = model_from_checkpoint(ckpt, cfg.ckpt).to(device)
+    not_applied = [f"--{k}" for k in ("rule", "beam_size", "unweight") if k in given and not isinstance(model, SequencePAR)]
+    if not_applied:
+        print(f"note: {', '.join(not_applied)} do not apply to {cfg.ckpt}: the {ckpt.get('head')} head scores each "
+              "attribute with a sigmoid")
+    if cfg.choose_thresholds and not scores_every_attribute(model, decoding):
+        raise UserError("--choose_thresholds=True: greedy decoding scores only the attributes it emits; choosing "
+                        "thresholds needs --rule=chain")
+    thresholds, chosen_on = thresholds_to_use(ckpt, model, decoding, given, data.attr_names)
     print(f"scoring {cfg.ckpt} (step {ckpt['step']}) on {dataset['dataset']} {cfg.split}: "
-          f"{len(data.splits[cfg.split])} images, {describe(model, decoding)}")
+          f"{len(data.splits[cfg.split])} images, {describe(model, decoding, chosen_on)}")
     batches = torch.utils.data.DataLoader(PARImages(data, data.splits[cfg.split], model.clip.config.image_resolution,
                                                     train=False), cfg.batch_size, num_workers=cli.worker_count(cfg.workers))
+    predicted = None
+    if cfg.choose_thresholds:
+        predicted = predict(model, batches, device, ctx, decoding)
+        thresholds, _, kept = choose_thresholds(predicted[2], predicted[1], decoding["threshold"])
+        chosen_on = f"each attribute's threshold, chosen on this {cfg.split} split (so its metrics flatter it)"
+        path = os.path.join(out_dir, f"thresholds_{cfg.split}.csv")
+        save_text(path, thresholds_csv(data.attr_names, thresholds))
+        print(f"chose each attribute's threshold on {cfg.split} ({sum(k is not None for k in kept)} kept at "
+              f"{decoding['threshold']:g}: " + (", ".join(f"{n} ({k})" for n, k in zip(data.attr_names, kept) if k)
+                                                  or "none") + f"); wrote {path}, for --thresholds={path}")
     return evaluate(model, data, cfg.split, batches, out_dir, dict(checkpoint=cfg.ckpt, step=ckpt["step"],
-                    dataset=dataset["dataset"]), decoding, device, ctx, cfg.pictures)
+                    dataset=dataset["dataset"]), decoding, device, ctx, cfg.pictures, thresholds=thresholds,
+                    chosen_on=chosen_on, predicted=predicted)
 
 
 if __name__ == "__main__":

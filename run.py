@@ -20,7 +20,8 @@ from cli import MissingFile, UserError, save_atomic
 
 RUN_FILES = ("ckpt.pt", "last.pt")  # a folder holding one of these holds a run
 # the files a run writes into its out_dir, and their temporary names while save_atomic writes them
-RUN_FILE = re.compile(r"ckpt\.pt|last\.pt|log\.csv|(metrics|predictions|failures)_\w+\.(json|csv|png)|similarity\.(png|csv)")
+RUN_FILE = re.compile(r"ckpt\.pt|last\.pt|log\.csv|(metrics|predictions|failures)_\w+\.(json|csv|png)|similarity\.(png|csv)|"
+                      r"thresholds_\w+\.csv")
 TMP_NAME = re.compile(rf"({RUN_FILE.pattern})\.tmp")
 
 

@@ -21,9 +21,9 @@ from PIL import Image, ImageDraw
 import cli
 from cli import MissingFile, UserError
 from checkpoint import load_checkpoint, model_from_checkpoint
-from evaluate import DECODING, decoding_options, scores_every_attribute
+from evaluate import DECODING, decoding_options, generate, scores_every_attribute, thresholds_to_use
 from dataset import MEAN, STD, build_transform, read_image
-from decoder import LinearHead, QueryHead, labels_to_targets
+from decoder import LinearHead, QueryHead, SequencePAR, labels_to_targets
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -41,11 +41,13 @@ class SampleConfig:
     threshold: float = 0.5
     unweight: bool = False
     beam_size: int = 1
+    thresholds: str = ""          # a CSV file of attribute,threshold rows, one per attribute ("": the run's own, if it
+                                  # chose them on val, unless --threshold is given)
     batch_size: int = 64          # images per call of generate
     workers: int = 2              # DataLoader processes that read the images
     device: str = "auto"          # cuda when there is one
     compile: bool = False         # compile the image encoder first (torch.compile): worth it for many images on a GPU
-    PATHS = ("ckpt", "out_dir")
+    PATHS = ("ckpt", "out_dir", "thresholds")
 
 
 def load_model(path, device="cpu", compile=False, ckpt=None):
@@ -192,6 +194,13 @@ def main(argv):
                                                 for k in DECODING}))
     model, names = load_model(opts.ckpt, device, opts.compile, ckpt)
     every = scores_every_attribute(model, decoding)
+    not_applied = [f"--{k}" for k in ("rule", "beam_size", "unweight") if k in given and not isinstance(model, SequencePAR)]
+    if not_applied:
+        print(f"note: {', '.join(not_applied)} do not apply to {opts.ckpt}: the {ckpt.get('head')} head scores each "
+              "attribute with a sigmoid", file=sys.stderr)
+    thresholds, chosen_on = thresholds_to_use(ckpt, model, decoding, given, names)
+    if chosen_on:
+        print(f"decided at {chosen_on} (--threshold=T decides every attribute at T)", file=sys.stderr)
     if opts.attention and isinstance(model, LinearHead):
         raise UserError(f"--attention=True: {opts.ckpt} has the linear head; attention maps need the decoder")
     paths = find_images(inputs, skip=opts.out_dir or None)
@@ -208,7 +217,7 @@ def main(argv):
         if images is None:
             continue
         images = images.to(device)
-        pred, scores = model.generate(images, **decoding)
+        pred, scores = generate(model, images, decoding, thresholds)
         maps = attention_maps(model, images, pred, opts.layers) if opts.attention else None
         for b, i in enumerate(idx):
             emitted = pred[b].nonzero().flatten().tolist()  # in id order, the order they were generated in
@@ -228,8 +237,10 @@ def main(argv):
                     draw_attention(shown, chosen.cpu(), [names[j] for j in emitted]).save(stem + "_attention.png")
                     written += 1
     if opts.json:
+        used = dict(thresholds=dict(zip(names, thresholds)) if thresholds is not None else decoding["threshold"]) \
+            if every else {}  # (greedy decoding has no threshold: it emits a set)
         print(json.dumps([dict(image=printable(p), attributes=dict(results[i]),
-                               **(dict(scores=all_scores[i]) if every else {})) if i in results else
+                               **(dict(scores=all_scores[i]) if every else {}), **used) if i in results else
                           dict(image=printable(p), error=failed[i]) for i, p in enumerate(paths)], indent=1))
     else:
         for i, p in enumerate(paths):

@@ -22,6 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -32,7 +33,8 @@ import clip
 from checkpoint import load_checkpoint
 from data import DATASETS, label_warnings, load_dataset
 from decoder import DecoderConfig, LinearHead, QueryHead, SequencePAR, labels_to_targets
-from evaluate import decoding_options, evaluate, format_metrics, metrics, predict
+from evaluate import (applied, choose_thresholds, decoding_options, evaluate, format_metrics, metrics, predict, save_text,
+                      scores_every_attribute, thresholds_csv)
 from dataset import BadImage, EpochBatches, check_images, make_batches
 from run import CSVLog, Interrupt, prepare_out_dir, remove_replaced_run, resume, run_steps
 
@@ -190,6 +192,22 @@ def build_model(cfg, data):
     clip_model.logit_scale.requires_grad_(False)
     head = SequencePAR if cfg.head == "sequencepar" else QueryHead
     return head(clip_model, data.prompts, DecoderConfig(cfg.n_layer, cfg.n_head, cfg.dropout), pos_rates=rates)
+
+
+def choose_on_val(model, data, batches, decoding, device, ctx, log):
+    """Each attribute's threshold, chosen where its balanced accuracy on val is highest (evaluate.choose_thresholds),
+    for the checkpoint: {split, rule, unweight, default, values, kept}. Says what val's mA gains."""
+    pred, scores, gt = predict(model, batches, device, ctx, decoding)
+    values, _, kept = choose_thresholds(gt, scores, decoding["threshold"])
+    chosen = (scores > np.asarray(values, dtype=scores.dtype)).astype(np.uint8)
+    names = data.attr_names
+    kept_names = [f"{n} ({k})" for n, k in zip(names, kept) if k]
+    log(f"thresholds chosen on val for each attribute: val mA {metrics(gt, pred)['mA']:.2f} at "
+        f"{decoding['threshold']:g}, {metrics(gt, chosen)['mA']:.2f} at theirs; kept at {decoding['threshold']:g}: "
+        + (", ".join(kept_names) if kept_names else "none"))
+    scored = applied(model, decoding)
+    return dict(split="val", rule=scored["rule"], unweight=scored.get("unweight", False),
+                default=decoding["threshold"], values=values, kept=[n for n, k in zip(names, kept) if k])
 
 
 def configure_optimizer(model, cfg):
@@ -406,10 +424,21 @@ def main(argv):
             ckpt = load_checkpoint(best_path)
             raw_model.load_state_dict(ckpt["model"])
             t0 = time.time()
+            decoding = decoding_options(cfg)
+            thresholds = chosen_on = None
+            if eval_split == "val" and scores_every_attribute(raw_model, decoding):
+                # each attribute's threshold, chosen on val for the selected model, kept in ckpt.pt: written atomically,
+                # and chosen again alike by a run resumed before its test row, so a crash here changes no report
+                ckpt["thresholds"] = choose_on_val(raw_model, data, eval_batches(eval_split), decoding, device, ctx, log)
+                save(ckpt, best_path)
+                save_text(os.path.join(cfg.out_dir, "thresholds_val.csv"),
+                          thresholds_csv(data.attr_names, ckpt["thresholds"]["values"]))
+                thresholds, chosen_on = ckpt["thresholds"]["values"], "each attribute's threshold, chosen on val"
             title = f"{'best on val, step' if eval_split == 'val' else 'last step'} {ckpt['step']}"
             m = evaluate(raw_model, data, "test", eval_batches("test"), cfg.out_dir,
                          dict(checkpoint=best_path, step=ckpt["step"], dataset=cfg.dataset, train_s=state["train_s"],
-                              eval_s=state["eval_s"]), decoding_options(cfg), device, ctx, log=log, title=title)
+                              eval_s=state["eval_s"]), decoding, device, ctx, log=log, title=title,
+                         thresholds=thresholds, chosen_on=chosen_on)
             t_test = time.time() - t0
             csv_log.write(kind="test", step=ckpt["step"], epoch=ckpt["step"] / iters_per_epoch, split="test", **m)
             log(f"time: {state['train_s']:.1f} s training" + (f" ({train_s0:.1f} s of it before --resume=True)" if

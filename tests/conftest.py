@@ -123,6 +123,11 @@ def round_trip(out, synth_root, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     images = torch.stack([sample.Images(paths, 32)[i][1] for i in range(3)])
     pred, probs = model.generate(images)
+    # a run that chose each attribute's threshold on val: sample.py decides at those, and says them
+    chosen = torch.load(out / "ckpt.pt", weights_only=True).get("thresholds")
+    if chosen:
+        pred = (probs > torch.tensor(chosen["values"])).to(torch.uint8)
+        assert all(row["thresholds"] == dict(zip(names, chosen["values"])) for row in printed)
     for row, p, q in zip(printed, pred, probs):  # the predicted attributes, with the head's own probabilities
         assert row["attributes"] == pytest.approx({names[j]: q[j].item() for j in p.nonzero().flatten().tolist()})
     return again, model, names, paths, images, pred, probs, printed

@@ -97,14 +97,19 @@ def test_evaluate_writes_what_a_table_is_built_from(trained_run, synth_root, tin
     assert paths == [d.image_paths[i] for i in d.splits["val"]] and (gt == d.labels[d.splits["val"]]).all()
     model, _ = sample.load_model(str(tmp_path / "ckpt.pt"))
     images = torch.stack([sample.Images(paths, 32)[i][1] for i in range(len(paths))])
-    # decoded as the run decoded: by the chain rule, which scores every attribute
-    expected_pred, expected_scores = model.generate(images, rule="chain")
+    # decoded as the run decoded: by the chain rule, which scores every attribute, each attribute decided at the
+    # threshold the run chose for it on val
+    _, expected_scores = model.generate(images, rule="chain")
+    chosen = torch.load(tmp_path / "ckpt.pt", weights_only=True)["thresholds"]
+    assert chosen["split"] == "val" and chosen["rule"] == "chain" and len(chosen["values"]) == len(d.attr_names)
+    expected_pred = (expected_scores > torch.tensor(chosen["values"])).to(torch.uint8)
     assert (pred == expected_pred.numpy()).all() and np.allclose(prob, expected_scores.numpy(), atol=1e-5)
     assert (prob > 0).all()
     assert {k: v for k, v in m.items() if k != "mAP"} == evaluate.metrics(d.labels[d.splits["val"]], pred)
     # mAP, written plainly: per attribute the mean, over its positives, of the precision among the images scored at
-    # least as high (the scores here have no ties)
-    aps = [np.mean([(gt[prob[:, j] >= prob[i, j], j]).mean() for i in np.flatnonzero(gt[:, j])])
+    # least as high (from the model's scores: the file's, rounded to 6 decimals, may tie where the model's do not)
+    exact = expected_scores.numpy()
+    aps = [np.mean([(gt[exact[:, j] >= exact[i, j], j]).mean() for i in np.flatnonzero(gt[:, j])])
            for j in range(gt.shape[1]) if gt[:, j].any()]
     assert m["mAP"] == pytest.approx(100 * np.mean(aps))
     result = json.loads((tmp_path / "metrics_val.json").read_text())
@@ -135,7 +140,16 @@ def test_evaluate_writes_what_a_table_is_built_from(trained_run, synth_root, tin
         tokens = F.normalize(model.token_table()[3:], dim=-1)
     assert np.allclose(np.array([[float(x) for x in r[1:]] for r in rows[1:]]), (tokens @ tokens.T).numpy(), atol=1e-5)
     assert "| Female " in log and "attributes per image: " in log and "wrote" in log and "| mAP " in log
-    assert "images, chain rule, threshold 0.5)" in log
+    assert result["thresholds"] == dict(zip(d.attr_names, chosen["values"]))
+    assert "images, chain rule, threshold 0.5): mA " in log  # the metrics at the one threshold first, then at theirs
+    assert "images, chain rule, each attribute's threshold, chosen on val): mA " in log
+    # --threshold decides every attribute at one threshold; the scores, and mAP, stay the model's
+    again = evaluate.main([f"--ckpt={tmp_path / 'ckpt.pt'}", "--split=val", "--workers=0", "--pictures=0",
+                           "--threshold=0.3"])
+    _, pred3, prob3, _ = read_predictions(tmp_path / "predictions_val.csv", d.attr_names)
+    assert (pred3 == (prob3 > 0.3)).all() and np.array_equal(prob3, prob) and again["mAP"] == m["mAP"]
+    assert "thresholds" not in json.loads((tmp_path / "metrics_val.json").read_text())
+    assert "images, chain rule, threshold 0.3): mA " in capsys.readouterr().out
     # greedy decoding scores only what it emits: no mAP, and the probability an attribute had when emitted
     m = evaluate.main([f"--ckpt={tmp_path / 'ckpt.pt'}", "--split=val", "--workers=0", "--pictures=0", "--rule=greedy"])
     _, pred, prob, _ = read_predictions(tmp_path / "predictions_val.csv", d.attr_names)

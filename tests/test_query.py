@@ -205,3 +205,19 @@ def test_query_head_under_ddp(synth_root, tiny_clip_file, tmp_path):
     r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert re.search(r"^step 8/8 ", r.stdout, re.M) and "test (best on val" in r.stdout
+
+
+def test_options_of_sequencepars_decoding_are_said_not_to_apply_and_not_recorded(query_run, synth_root, tmp_path,
+                                                                                  capsys):
+    import json
+
+    import evaluate
+    out = query_run[0]
+    evaluate.main([f"--ckpt={out}/ckpt.pt", "--rule=greedy", "--beam_size=3", f"--out_dir={tmp_path}", "--workers=0",
+                   "--pictures=0", "--threshold=0.4"])
+    log = capsys.readouterr().out
+    assert "note: --rule, --beam_size do not apply to " in log and "the query head scores each attribute with a " \
+                                                                  "sigmoid" in log
+    result = json.loads((tmp_path / "metrics_test.json").read_text())
+    assert (result["rule"], result["threshold"]) == ("sigmoid", 0.4) and "beam_size" not in result
+    assert "mAP" in result["overall"]  # still every attribute scored

@@ -235,7 +235,7 @@ class Killed(BaseException):
 
 
 REPORTED = {"last.pt", "ckpt.pt", "similarity.png", "similarity.csv", "failures_test.png", "predictions_test.csv",
-            "metrics_test.json"}
+            "metrics_test.json", "thresholds_val.csv"}
 
 
 def kill_after(monkeypatch, nth, writes):
@@ -265,8 +265,9 @@ def kill_after(monkeypatch, nth, writes):
     monkeypatch.setattr(run.CSVLog, "write", write_row)
 
 
-KILLS = 11  # the writes of the run below: at step 8 its log row, last.pt and ckpt.pt; at 16 its row and last.pt (not
-# better: no ckpt.pt); the report's five files and the test row
+KILLS = 13  # the writes of the run below: at step 8 its log row, last.pt and ckpt.pt; at 16 its row and last.pt (not
+# better: no ckpt.pt); ckpt.pt again with the thresholds chosen on val, and their thresholds_val.csv; the report's five
+# files and the test row
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +285,8 @@ def left_alone(synth_root, tiny_clip_file, tmp_path_factory):
 def test_the_run_left_alone_writes_what_the_kills_are_placed_after(left_alone):
     writes, expected, _ = left_alone
     assert writes[:5] == ["log.csv eval 8", "last.pt", "ckpt.pt", "log.csv eval 16", "last.pt"], writes
-    assert sorted(writes[5:-1]) == sorted(REPORTED - {"last.pt", "ckpt.pt"}), writes  # the report, metrics last
+    assert writes[5:7] == ["ckpt.pt", "thresholds_val.csv"], writes  # the thresholds, before the test is reported
+    assert sorted(writes[7:-1]) == sorted(REPORTED - {"last.pt", "ckpt.pt", "thresholds_val.csv"}), writes  # metrics last
     assert writes[-2:] == ["metrics_test.json", f"log.csv test {expected['step']}"] and len(writes) == KILLS
 
 
@@ -302,6 +304,8 @@ def test_a_kill_after_any_write_of_an_evaluation_or_the_report_changes_nothing_t
     train.main(args + (["--resume=True"] if (out / "last.pt").exists() else []))
     got = json.loads((out / "metrics_test.json").read_text())
     assert (got["step"], got["overall"]) == (expected["step"], expected["overall"]), killed[-1]
+    assert (got["thresholds"], got["overall_at_threshold"]) == (expected["thresholds"], expected["overall_at_threshold"])
+    assert torch.load(out / "ckpt.pt", weights_only=True)["thresholds"]["values"] == list(expected["thresholds"].values())
     assert [r for r in log_rows(out / "log.csv") if r[0] != "train"] == evals, killed[-1]
     assert REPORTED <= set(os.listdir(out)), killed[-1]
     # and a further resume finds the run finished

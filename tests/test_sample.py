@@ -12,6 +12,10 @@ import sample
 from conftest import write_png
 
 
+# what sample.py says first about a run that chose each attribute's threshold on val
+CHOSEN = "decided at each attribute's threshold, chosen on val (--threshold=T decides every attribute at T)\n"
+
+
 def test_prints_predictions(trained_run, synth_root, capsys):
     out, _, _ = trained_run
     images = sorted(os.listdir(os.path.join(synth_root, "images")))[:3]
@@ -24,7 +28,8 @@ def test_prints_predictions(trained_run, synth_root, capsys):
     # the printed attributes are those generate predicts for these images, decoded as the run decoded (the chain
     # rule), then the others, most probable first
     x = torch.stack([sample.Images(paths, 32)[i][1] for i in range(3)])
-    pred, scores = model.generate(x, rule="chain")
+    _, scores = model.generate(x, rule="chain")
+    pred = scores > torch.tensor(torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["thresholds"]["values"])
     first = text.split(paths[1])[0].split(paths[0])[1]
     expected = [f"{scores[0, j]:.2f}  {names[j]}" for j in pred[0].nonzero().flatten().tolist()] or ["(no attribute)"]
     others = sorted(((scores[0, j].item(), names[j]) for j in range(len(names)) if not pred[0, j]), reverse=True)
@@ -162,7 +167,7 @@ def test_a_file_name_that_is_not_text_is_printed_escaped_with_the_others(trained
     for name in (b"a.png", b"caf\xe9.png", b"z.png"):  # \xe9: Latin-1's e acute, no UTF-8
         picture.save(os.path.join(os.fsencode(folder), name))
     r = sample_script(str(folder), f"--ckpt={out}/ckpt.pt", "--workers=0", env=dict(PYTHONIOENCODING="utf-8:strict"))
-    assert r.returncode == 0 and r.stderr == b"", r.stderr[-2000:]
+    assert r.returncode == 0 and r.stderr == CHOSEN.encode(), r.stderr[-2000:]
     printed = [line for line in r.stdout.decode().splitlines() if not line.startswith("  ")]
     assert printed == [f"{folder}/a.png", f"{folder}/caf\\xe9.png", f"{folder}/z.png"]
 
@@ -178,7 +183,7 @@ def test_a_closed_pipe_ends_quietly(trained_run, synth_root):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.close()  # as `| head` does once it has its lines: every line the script prints finds the pipe closed
     _, err = p.communicate(timeout=240)
-    assert err == b"" and p.returncode != 0
+    assert err == CHOSEN.encode() and p.returncode != 0
 
 
 def test_folders_empty_linked_and_our_own(trained_run, synth_root, tmp_path, capsys):
@@ -216,7 +221,7 @@ def test_without_ckpt_it_takes_your_run_in_out_else_the_demos_and_says_which(tra
     capsys.readouterr()
     assert sample.main([image, "--workers=0"]) == 0
     printed = capsys.readouterr()
-    assert printed.err == "checkpoint: out/demo/ckpt.pt\n" and printed.out.startswith(image + "\n  ")
+    assert printed.err == "checkpoint: out/demo/ckpt.pt\n" + CHOSEN and printed.out.startswith(image + "\n  ")
     # a run of the user's own in out/ comes first; the demo never writes there
     torch.save({"not": "a checkpoint"}, "out/ckpt.pt")
     with pytest.raises(ValueError, match=r"^out/ckpt\.pt is not a checkpoint of train\.py"):

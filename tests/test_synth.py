@@ -51,7 +51,7 @@ def test_synthetic_statistics(tmp_path):
 
 def test_first_use_and_atomic_write(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(synth, "N", 30)
-    d = data.load_dataset("synth", str(tmp_path / "s"))
+    d = data.load_dataset("synth", str(tmp_path / "s"), draw=True)
     assert len(d.image_paths) == 30 and "drawing 30 images" in capsys.readouterr().out
     real = synth._chunk
 
