@@ -300,7 +300,9 @@ def make_batches(cfg, data, size, sampler, cuda):
 class EpochBatches(torch.utils.data.Sampler):
     """The training batches of one process, epoch after epoch, without end: each epoch a permutation drawn from
     (seed, epoch) alone, the same in every process, of which each process takes its own share. It starts at any step,
-    so a resumed run continues at the very batch where it stopped."""
+    so a resumed run continues at the very batch where it stopped. The generator of an epoch is seeded by a hash of
+    the pair (numpy's SeedSequence), not by seed + epoch: that would give seed 1 the orders of seed 0 one epoch later,
+    and two seeds of an experiment would see most of their batches in common."""
 
     def __init__(self, n, batch_size, seed, rank=0, world=1, start_step=0):
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
@@ -310,7 +312,8 @@ class EpochBatches(torch.utils.data.Sampler):
         step = self.start_step
         while True:
             epoch, k = divmod(step, self.per_epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            key = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0])
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(key))
             batches = perm[:self.per_epoch * self.world * self.batch_size].view(self.per_epoch, self.world, -1)
             for batch in batches[k:, self.rank]:  # (batch_size,) indices
                 yield batch.tolist()

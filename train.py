@@ -131,7 +131,7 @@ def check_config(cfg):
              ("eval_interval", cfg.eval_interval >= 0, "0 (once per epoch) or more steps"),
              ("log_interval", cfg.log_interval > 0, "a positive number of steps"),
              ("workers", cfg.workers >= 0, "0 or more"),
-             ("partition", cfg.partition >= 0, "0 or more"),
+             ("partition", cfg.partition >= 0, "0 or more"), ("seed", cfg.seed >= 0, "0 or more"),
              ("head", cfg.head in ("sequencepar", "query", "linear"), "sequencepar, query or linear"),
              ("n_layer", cfg.n_layer >= 1, "1 or more"), ("n_head", cfg.n_head >= 1, "1 or more"),
              ("dropout", 0 <= cfg.dropout < 1, "a probability below 1")]

@@ -205,6 +205,19 @@ def test_resume_continues_at_the_batch_where_it_stopped():
     assert all(not set(x) & set(y) for x, y in zip(a, b))
 
 
+def test_seeds_share_no_epochs_order():
+    # each epoch's order comes from the pair (seed, epoch): seed 1's epoch e is not seed 0's epoch e + 1, nor any other
+    n, size, epochs = 96, 8, 12
+    batches = {s: [frozenset(b) for _, b in zip(range(epochs * n // size), train.EpochBatches(n, size, seed=s))]
+               for s in (0, 1, 2)}
+    for s in (0, 1, 2):
+        for t in (0, 1, 2):
+            if s < t:
+                assert not set(batches[s]) & set(batches[t]), (s, t)  # not one batch in common over 12 epochs
+    orders = [tuple(b) for s in (0, 1, 2) for b in batches[s]]
+    assert len(set(orders)) == len(orders)
+
+
 def save_fails_at(limit):
     # in the child: files larger than `limit` bytes cannot be written (EFBIG), as on a full disk; root included
     def limit_file_size():
