@@ -284,7 +284,8 @@ def predictions_csv(paths, names, pred, scores, gt):
     w = csv.writer(out)
     w.writerow(["image"] + [f"{k}:{n}" for n in names for k in ("pred", "prob")] + [f"gt:{n}" for n in names])
     for i, path in enumerate(paths):
-        w.writerow([path] + [v for j in range(len(names)) for v in (int(pred[i, j]), f"{scores[i, j]:.6f}")]
+        # 9 significant digits give a float32 back exactly: a decision recomputed from the file is the one made
+        w.writerow([path] + [v for j in range(len(names)) for v in (int(pred[i, j]), f"{scores[i, j]:.9g}")]
                    + [int(x) for x in gt[i]])
     return out.getvalue()
 

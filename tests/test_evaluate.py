@@ -107,7 +107,7 @@ def test_evaluate_writes_what_a_table_is_built_from(trained_run, synth_root, tin
     assert (prob > 0).all()
     assert {k: v for k, v in m.items() if k != "mAP"} == evaluate.metrics(d.labels[d.splits["val"]], pred)
     # mAP, written plainly: per attribute the mean, over its positives, of the precision among the images scored at
-    # least as high (from the model's scores: the file's, rounded to 6 decimals, may tie where the model's do not)
+    # least as high (from the model's scores, in case two of them differ less than the file's digits say)
     exact = expected_scores.numpy()
     aps = [np.mean([(gt[exact[:, j] >= exact[i, j], j]).mean() for i in np.flatnonzero(gt[:, j])])
            for j in range(gt.shape[1]) if gt[:, j].any()]

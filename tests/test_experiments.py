@@ -64,15 +64,18 @@ def test_write_variant_is_a_csv_dataset_of_the_same_images(synth_root, tmp_path)
     assert all((v.splits[s] == base.splits[s]).all() for s in base.splits)
 
 
-def write_predictions(folder, names, gt, pred, paths):
+def write_predictions(folder, names, gt, pred, paths, prob=None, thresholds=None):
     os.makedirs(folder, exist_ok=True)
+    prob = np.full(pred.shape, 0.5) if prob is None else prob
     with open(os.path.join(folder, "predictions_test.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image"] + [f"{k}:{n}" for n in names for k in ("pred", "prob")] + [f"gt:{n}" for n in names])
-        for path, g, p in zip(paths, gt, pred):
-            w.writerow([path] + [v for j in range(len(names)) for v in (p[j], 0.5)] + list(g))
-    m = dict(overall=dict(mA=1.0, Acc=2.0, Prec=3.0, Rec=4.0, F1=5.0), commit="abc",
+        for path, g, p, q in zip(paths, gt, pred, prob):
+            w.writerow([path] + [v for j in range(len(names)) for v in (p[j], q[j])] + list(g))
+    m = dict(overall=dict(mA=1.0, Acc=2.0, Prec=3.0, Rec=4.0, F1=5.0), commit="abc", threshold=0.5,
              attributes={n: dict(mA=10.0 * (j + 1)) for j, n in enumerate(names)})
+    if thresholds is not None:
+        m["thresholds"] = dict(zip(names, thresholds))
     with open(os.path.join(folder, "metrics_test.json"), "w") as f:
         json.dump(m, f)
 
@@ -93,8 +96,10 @@ def test_result_row_counts_exclusive_groups_and_scores_hidden_attributes_where_t
     run = experiments.Run("hidden/linear/s0", "hidden", "linear", 0, 4, ("synth", str(root)))
     write_predictions(tmp_path / "r", names, gt, pred, paths)
     row = experiments.result_row(run, str(tmp_path / "r"))
-    assert row["one_per_group"] == "25.00" and row["mA"] == "1.00" and row["mAP"] == "" and row["train_s"] == ""
-    assert row["rare_mA"] == f"{np.mean([10.0 * (names.index(n) + 1) for n in experiments.RARE]):.2f}"
+    assert row["one_per_group"] == "25.00" and row["mAP"] == "" and row["train_s"] == ""
+    assert row["mA"] == f"{experiments.metrics(gt, pred)['mA']:.2f}" and "t_mA" not in row  # no thresholds chosen
+    # the rare attributes, never true and never predicted here: each (0 + 1) / 2
+    assert row["rare_mA"] == "50.00"
     # hidden images 0, 1 on Trousers, Shorts, Skirt, Boots: image 0 all right; image 1 adds Shorts, a false positive.
     # Per attribute (positive recall + negative recall) / 2, an attribute with no positives has positive recall 0:
     # Trousers (1 + 0) / 2, Shorts (0 + 1/2) / 2, Skirt (0 + 1) / 2, Boots (0 + 1) / 2; F1 image 0: 1, image 1: 2/3
@@ -106,24 +111,31 @@ def test_result_row_counts_exclusive_groups_and_scores_hidden_attributes_where_t
     # another condition has no hidden columns
     row = experiments.result_row(experiments.Run("clean/linear/s0", "clean", "linear", 0, 4), str(tmp_path / "r"))
     assert "hidden_mA_on_hidden" not in row
+    # a run that chose thresholds on val: pred is at those (t_*), and at 0.5 it is read again from the scores
+    prob = np.where(pred == 1, 0.7, 0.2)
+    prob[0, names.index("Hat")] = 0.45  # above its threshold 0.4, below 0.5
+    write_predictions(tmp_path / "t", names, gt, pred | (np.arange(len(names)) == names.index("Hat")) * [[1], [0], [0], [0]],
+                      paths, prob=prob, thresholds=[0.4 if n == "Hat" else 0.5 for n in names])
+    row = experiments.result_row(run, str(tmp_path / "t"))
+    at_t = pred.copy()
+    at_t[0, names.index("Hat")] = 1
+    assert row["mA"] == f"{experiments.metrics(gt, pred)['mA']:.2f}" and row["t_mA"] == f"{experiments.metrics(gt, at_t)['mA']:.2f}"
+    assert row["mA"] != row["t_mA"] and row["t_hidden_F1_on_hidden"] != ""
 
 
-def test_third_seeds_go_where_two_seeds_disagree_by_more_than_the_difference():
-    def rows(condition, variant, *values, key="mA"):
-        return {f"{condition}/{variant}/s{i}": {"key": f"{condition}/{variant}/s{i}", key: str(v)}
-                for i, v in enumerate(values)}
-    results = {**rows("clean", "sequencepar", 90, 91), **rows("clean", "query", 88, 89),  # apart by 2, spread 1
-               **rows("clean", "linear", 87, 90),  # 0 from query, spread 3: linear and query get a third seed
-               **rows("clean", "sequencepar-greedy", 90.5, 91.5),  # 0.5 from sequencepar, spread 1: both
-               **rows("rare-0.01", "sequencepar", 50, 80, key="rare_mA"),  # judged by the rare attributes' mA
-               **rows("rare-0.01", "query", 60, 61, key="rare_mA")}
-    wanted = experiments.third_seeds(results)
-    # the decodings of a training run that gets a third seed come with it
-    assert wanted == {("clean", "query"), ("clean", "linear"), ("clean", "sequencepar"), ("clean", "sequencepar-greedy"),
-                      ("rare-0.01", "sequencepar"), ("rare-0.01", "query")}
-    # the third seeds, once run, change nothing: the choice reads seeds 0 and 1
-    results.update(rows("clean", "query", 88, 89, 95))
-    assert experiments.third_seeds(results) == wanted
+def test_paired_differences_and_their_verdicts():
+    def rows(group, *values):
+        return {"rows": [{"seed": str(i), "mA": str(v)} for i, v in enumerate(values)]}
+    stats = {"clean/sequencepar": rows("clean/sequencepar", 91.0, 90.0, 92.0),
+             "clean/query": rows("clean/query", 90.0, 90.5, 90.5), "clean/linear": rows("clean/linear", 89.0, 89.2, 88.0)}
+    d = experiments.paired_differences(stats, "clean/sequencepar", "clean/query", "mA")
+    assert d == {"0": 1.0, "1": -0.5, "2": 1.5} and experiments.verdict(list(d.values())) == "mixed"
+    assert experiments.verdict(list(experiments.paired_differences(stats, "clean/query", "clean/linear", "mA")
+                                    .values())) == "+"  # 1.0, 1.3, 2.5: every seed
+    assert experiments.verdict([0.3, -0.4, 0.1]) == "level" and experiments.verdict([-0.6, -2.0, -0.1]) == "-"
+    # a seed one side lacks is left out, not compared with another seed
+    stats["clean/linear"]["rows"].pop(0)
+    assert list(experiments.paired_differences(stats, "clean/query", "clean/linear", "mA")) == ["1", "2"]
 
 
 def test_quick_experiments_write_every_promised_file(tmp_path):
@@ -138,6 +150,8 @@ def test_quick_experiments_write_every_promised_file(tmp_path):
     assert variants == {("hidden", v) for v in ("sequencepar", "sequencepar-greedy", "query", "linear")}
     assert {r["steps"] for r in rows} == {"4"} and all(0 <= float(r["mA"]) <= 100 for r in rows)
     assert all((r["mAP"] == "") == (r["variant"].endswith(("greedy", "beam3"))) for r in rows)
+    assert all((r["t_mA"] == "") == (r["variant"].endswith(("greedy", "beam3"))) for r in rows)
+    assert "### Paired differences" in (out / "results.md").read_text()
     assert all(r["hidden_F1_on_hidden"] != "" and r["hidden_mA_on_visible"] != "" for r in rows)
     # a decoding starts once the run it decodes is done
     lines = r.stdout.splitlines()
@@ -194,7 +208,8 @@ def test_a_run_that_finished_but_was_not_recorded_is_recorded_from_its_files(tra
     assert experiments.execute(cfg, [run], results, log=lambda *a: None) == []
     row = experiments.read_results(results)[run.key]
     m = json.loads(open(os.path.join(trained_run[0], "metrics_test.json")).read())
-    assert row["mA"] == f"{m['overall']['mA']:.2f}" and float(row["train_s"]) == pytest.approx(m["train_s"], abs=0.05)
+    assert row["t_mA"] == f"{m['overall']['mA']:.2f}" and row["mA"] == f"{m['overall_at_threshold']['mA']:.2f}"
+    assert float(row["train_s"]) == pytest.approx(m["train_s"], abs=0.05)
     # a run of fewer steps than the plan's is not the planned run: it is trained again
     longer = experiments.Run("clean/linear/s0", "clean", "linear", 0, 24, ("synth", synth_root))
     shutil.copytree(trained_run[0], experiments.run_dir(cfg, longer.key))
@@ -203,13 +218,15 @@ def test_a_run_that_finished_but_was_not_recorded_is_recorded_from_its_files(tra
 
 
 def test_the_readme_chapter_is_what_the_committed_results_give(tmp_path):
-    """The committed results.md is what generation.py writes from the committed results.csv, and every cell of the
-    README's table in "Does generation pay?" is the mean over seeds of its rows there, computed here from the csv."""
+    """Every cell of the README's table in "Does generation pay?" is the mean over seeds of its rows in the committed
+    results of the first grid (results-v1.csv), computed here from the csv; and the committed results.md of the grid
+    under way, where there is one, is what generation.py writes from its results.csv."""
     here = os.path.join(experiments.ROOT, "experiments")
-    experiments.report(experiments.ExperimentsConfig(results=str(tmp_path)), os.path.join(here, "results.csv"))
-    with open(os.path.join(here, "results.md")) as f:
-        assert (tmp_path / "results.md").read_text() == f.read()
-    with open(os.path.join(here, "results.csv"), newline="") as f:
+    if os.path.exists(os.path.join(here, "results.csv")):
+        experiments.report(experiments.ExperimentsConfig(results=str(tmp_path)), os.path.join(here, "results.csv"))
+        with open(os.path.join(here, "results.md")) as f:
+            assert (tmp_path / "results.md").read_text() == f.read()
+    with open(os.path.join(here, "results-v1.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
 
     def mean(condition, variant, field):
