@@ -64,6 +64,9 @@ def session(path, threads=0):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only
+    # idle threads sleep rather than spin: a spinning pool holds on to the cores between two calls, from our numpy
+    # loop and from whatever else runs (PyTorch beside it: then many times slower)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # a truncated or foreign file; a graph is data (protobuf), reading it runs no code of its
