@@ -3,6 +3,7 @@ Predict the attributes of people in photos with a checkpoint of train.py (Sequen
 
     python sample.py img.jpg [more.jpg a/folder ...] [--ckpt=out/ckpt.pt] [--json=True] [--out_dir=DIR]
     python sample.py img.jpg --attention=True       # where the decoder looked, per attribute, in out/samples
+    python sample.py img.jpg --onnx=out/onnx        # with the graphs of export.py, in onnxruntime: the same output
 
 Without --ckpt it takes out/ckpt.pt (your own run), or else out/demo/ckpt.pt (make demo's), and says which. Prints,
 per image, the attributes the model predicts with the probability it gave each, then, where every attribute is
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import cli
+import onnx_decode
 from cli import MissingFile, UserError
 from checkpoint import load_checkpoint, model_from_checkpoint
 from evaluate import DECODING, decoding_options, scores_every_attribute
@@ -31,6 +33,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 @dataclass
 class SampleConfig:
     ckpt: str = ""                # a checkpoint of train.py; "": out/ckpt.pt, or else make demo's out/demo/ckpt.pt
+    onnx: str = ""                # or a folder of export.py's: its graphs in onnxruntime instead of a checkpoint
     json: bool = False            # one JSON document instead of text
     out_dir: str = ""             # a folder for each image drawn with its attributes beside it
     attention: bool = False       # also a picture per image of the decoder's cross-attention over the image patches
@@ -45,7 +48,7 @@ class SampleConfig:
     workers: int = 2              # DataLoader processes that read the images
     device: str = "auto"          # cuda when there is one
     compile: bool = False         # compile the image encoder first (torch.compile): worth it for many images on a GPU
-    PATHS = ("ckpt", "out_dir")
+    PATHS = ("ckpt", "onnx", "out_dir")
 
 
 def load_model(path, device="cpu", compile=False, ckpt=None):
@@ -60,6 +63,24 @@ def load_model(path, device="cpu", compile=False, ckpt=None):
         # would compile again and again: they stay eager.
         model.clip.visual.compile()
     return model, ckpt["attr_names"]
+
+
+class Exported:
+    """--onnx=DIR: the model of export.py's folder DIR, decoded by onnx_decode.py, behind generate's interface on
+    tensors. Where every attribute is scored and --threshold is not given, the per-attribute thresholds the run chose
+    (in model.json) decide what is predicted."""
+
+    def __init__(self, folder, per_attribute):
+        self.model = onnx_decode.load(folder)
+        self.attr_names, self.meta = self.model.attr_names, self.model.meta
+        thresholds = self.meta["thresholds"] if per_attribute else None
+        self.values = torch.tensor(thresholds["values"]) if thresholds else None
+
+    def generate(self, images, **decoding):
+        pred, scores = (torch.from_numpy(a) for a in self.model.generate(images.numpy(), **decoding))
+        if self.values is not None and (self.model.head != "sequencepar" or decoding["rule"] == "chain"):
+            pred = (scores > self.values).to(torch.uint8)
+        return pred, scores
 
 
 def find_checkpoint():
@@ -173,6 +194,9 @@ def parse_args(argv):
         raise UserError(f"--batch_size={opts.batch_size}: expected 1 or more")
     if opts.layers not in ("last", "all"):
         raise UserError(f"--layers={opts.layers}: expected last or all")
+    if opts.onnx and (opts.ckpt or opts.attention or opts.compile):
+        raise UserError(f"--onnx={opts.onnx} predicts with exported graphs: no --ckpt, and no --attention or --compile "
+                        f"(they need the checkpoint)")
     if opts.attention and not opts.out_dir:
         opts.out_dir = os.path.join("out", "samples")
     if opts.out_dir and os.path.exists(opts.out_dir) and not os.path.isdir(opts.out_dir):
@@ -182,22 +206,33 @@ def parse_args(argv):
 
 def main(argv):
     opts, inputs, given = parse_args(argv)
-    device = cli.resolve_device(opts.device)
-    if not opts.ckpt:
-        opts.ckpt = find_checkpoint()
-        print(f"checkpoint: {opts.ckpt}", file=sys.stderr)
-    ckpt = load_checkpoint(opts.ckpt)
+    device = "cpu" if opts.onnx else cli.resolve_device(opts.device)
+    if opts.onnx:
+        model = Exported(opts.onnx, per_attribute="threshold" not in given)
+        run, names, size = model.meta["decoding"], model.attr_names, model.meta["image"]["size"]
+    else:
+        if not opts.ckpt:
+            opts.ckpt = find_checkpoint()
+            print(f"checkpoint: {opts.ckpt}", file=sys.stderr)
+        ckpt = load_checkpoint(opts.ckpt)
+        run = ckpt["config"]
     # the decoding given here, else the one the checkpoint's training run used
-    decoding = decoding_options(SampleConfig(**{k: given[k] if k in given else ckpt["config"].get(k, getattr(opts, k))
+    decoding = decoding_options(SampleConfig(**{k: given[k] if k in given else run.get(k, getattr(opts, k))
                                                 for k in DECODING}))
-    model, names = load_model(opts.ckpt, device, opts.compile, ckpt)
-    every = scores_every_attribute(model, decoding)
+    if opts.onnx:
+        if decoding["beam_size"] != 1:
+            raise UserError(f"--beam_size={decoding['beam_size']}: the exported model decodes greedily or by the chain "
+                            f"rule; beam search needs --ckpt (or give --beam_size=1)")
+        every = model.meta["head"] != "sequencepar" or decoding["rule"] == "chain"
+    else:
+        model, names = load_model(opts.ckpt, device, opts.compile, ckpt)
+        every = scores_every_attribute(model, decoding)
+        size = model.clip.config.image_resolution
     if opts.attention and isinstance(model, LinearHead):
         raise UserError(f"--attention=True: {opts.ckpt} has the linear head; attention maps need the decoder")
     paths = find_images(inputs, skip=opts.out_dir or None)
     if not paths:
         raise UserError(f"no images in {', '.join(inputs)} (files ending in {', '.join(IMAGE_EXTENSIONS)})")
-    size = model.clip.config.image_resolution
     loader = torch.utils.data.DataLoader(Images(paths, size), opts.batch_size, num_workers=opts.workers,
                                          collate_fn=collate)
     results, failed, all_scores = {}, {}, {}
