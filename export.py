@@ -253,15 +253,20 @@ def export(model, ckpt, ckpt_path, out_dir):
     return meta
 
 
+def require(who):
+    # the exporter writes with onnx, the check runs onnxruntime: both, or one line that says what to install
+    for package in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise UserError(f"{who} needs {package}, which is not installed: {onnx_decode.INSTALL}") from None
+
+
 def main(argv):
     cfg = cli.parse(argv, ExportConfig)
     if not cfg.ckpt:
         raise UserError("--ckpt=PATH: which checkpoint of train.py to export (python export.py --ckpt=out/ckpt.pt)")
-    for package in ("onnx", "onnxruntime"):  # the exporter writes with onnx; the check runs onnxruntime
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            raise UserError(f"export.py needs {package}, which is not installed: {onnx_decode.INSTALL}") from None
+    require("export.py")
     ckpt = load_checkpoint(cfg.ckpt)
     model = model_from_checkpoint(ckpt, cfg.ckpt).eval()
     out_dir = cfg.out_dir or os.path.join(os.path.dirname(cfg.ckpt), "onnx")

@@ -4,6 +4,7 @@ thresholds, and every mistake of the user's is one line."""
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -277,3 +278,16 @@ def test_the_loop_runs_without_torch(exported, images):
     assert r.returncode == 0, r.stderr[-2000:]
     x = torch.stack([sample.Images(images, 32)[i][1] for i in range(len(images))])
     assert json.loads(r.stdout) == model.generate(x, rule="chain")[0].tolist()
+
+
+def test_bench_onnx_prints_its_table(capsys):
+    import bench
+    bench.run_onnx(tiny_model("sequencepar"), bench.parse_args(["--onnx=True", "--batch_size=2", "--repeats=1"]))
+    out = capsys.readouterr().out
+    with pytest.raises(UserError, match=r"^--onnx=True measures fp32 inference on the CPU: no --train, --device"):
+        bench.parse_args(["--onnx=True", "--dtype=bf16"])
+    assert re.search(r"^CPU, \d+ threads for PyTorch and for onnxruntime; small config: ViT 2 x 64 at 32 px, decoder "
+                     r"2 x 32, A = 6, every attribute emitted", out)
+    rate = r"\s+\d+\.\d\d"
+    for row in ("image encoder", "greedy", "chain rule"):  # (run_onnx checks that all three emit every attribute)
+        assert re.search(rf"^    2  {row}\s+{rate}({rate} \(\s*\d+\.\d\dx\)){{2}}$", out, re.M), (row, out)
