@@ -231,6 +231,9 @@ def export(model, ckpt, ckpt_path, out_dir):
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # a folder as any other (mkdtemp makes it the owner's only)
     try:
         write_graphs(model, tmp, meta)
         diffs = check(model, tmp, meta)
