@@ -69,7 +69,7 @@ def session(path, threads=0):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # a truncated or foreign file; a graph is data (protobuf), reading it runs no code of its
+    except Exception as e:  # a truncated or foreign file (a graph is data, protobuf: reading one runs no code)
         raise UserError(f"{path} is not a graph onnxruntime can read ({str(e).strip().splitlines()[0][:200]})") from None
 
 
