@@ -174,7 +174,8 @@ def label_map(model, ckpt, path):
     thresholds = ckpt.get("thresholds")
     if thresholds is not None:
         values = thresholds.get("values") if isinstance(thresholds, dict) else None
-        if not (isinstance(values, list) and len(values) == A and all(0 <= v <= 1 for v in values)):
+        if not (isinstance(values, list) and len(values) == A
+                and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in values)):
             raise UserError(f"{path}: its thresholds are not {A} probabilities, one per attribute")
         thresholds = dict(split=thresholds.get("split"), default=float(thresholds.get("default", 0.5)),
                           values=[float(v) for v in values])
