@@ -1,7 +1,9 @@
 PY := .venv/bin/python
-# the venv in two parts: what train.py and sample.py need, then the independent CLIP the tests compare against
+# the venv in three parts: what train.py and sample.py need, the independent CLIP the tests compare against, and what
+# export.py and sample.py --onnx need (the tests run them)
 RUN_STAMP := .venv/.installed-run
 TEST_STAMP := .venv/.installed-test
+EXPORT_STAMP := .venv/.installed-export
 # a few images of the synthetic test split (the last 10% of data/synth)
 DEMO_IMAGES := data/synth/images/036000.png data/synth/images/036001.png data/synth/images/036002.png data/synth/images/036003.png
 
@@ -21,7 +23,11 @@ $(TEST_STAMP): $(RUN_STAMP) requirements-dev.txt
 	$(call install,requirements-dev.txt)
 	touch $(TEST_STAMP)
 
-test: $(TEST_STAMP)
+$(EXPORT_STAMP): $(RUN_STAMP) requirements-export.txt
+	$(call install,requirements-export.txt)
+	touch $(EXPORT_STAMP)
+
+test: $(TEST_STAMP) $(EXPORT_STAMP)
 	$(PY) -m pytest -q -n auto tests
 
 # draw the synthetic set (once), train a tiny CLIP + decoder from scratch on the CPU, predict a few test images, and

@@ -5,6 +5,7 @@ Speed of SequencePAR, measured side by side in one run, so the ratios hold whate
     python bench.py --clip=ViT-L/14 --batch_size=8   # the paper's encoder, random weights, nothing downloaded
     python bench.py --clip=ViT-B/16 --device=cuda --dtype=bf16 --compile=True --batch_size=64
     python bench.py --train=True                     # where the demo's training time goes
+    python bench.py --onnx=True --clip=ViT-B/16      # PyTorch against onnxruntime (export.py), fp32 and int8
 
 What it prints, in images/s:
 - the image encoder alone (every token through CLIP's ViT, ln_post and proj), and its TFLOP/s: 2 x the multiply-adds
@@ -29,9 +30,21 @@ process, and crop and flip on batches of preloaded uint8 images), one SequencePA
 (the same decoder fed every attribute at once: what autoregression costs in training), one of the same encoder with a
 linear multi-label head and BCE (what SequencePAR's decoder costs), and the image encoder's forward and backward
 alone.
+
+--onnx=True measures inference three ways, at batch 1 and 8 (or --batch_size): PyTorch eager, and the graphs of
+export.py in onnxruntime through onnx_decode.py's loop, fp32 and with the matrix multiplications by weights quantized
+to int8 (onnxruntime's quantize_dynamic: weights int8 once, activations quantized on the fly). For each: the image
+encoder alone (what encoder.onnx computes: every image token's keys and values for every decoder layer), and
+generate, greedy and the chain rule, in the worst case: the decoder's last two weights are set so that it emits
+every attribute whatever the image (all its steps run as ever), so that the three decode the same number of steps,
+and the run checks they emit the same. --clip=tiny is the demo's model (train.py's synth preset: its decoder, its 22
+attributes); any other, the paper's decoder (6 layers, 8 heads) on PETA's 35 attributes. PyTorch and onnxruntime get
+the same number of threads (--threads, or torch's default).
 """
 import dataclasses
+import logging
 import os
+import shutil
 import tempfile
 import time
 from contextlib import nullcontext
@@ -42,9 +55,11 @@ import torch
 import cli
 from cli import UserError
 import clip
+import export
+import onnx_decode
 import train
 import synth
-from data import PROMPTS, load_dataset
+from data import PROMPTS, load_dataset, prompt_for
 from dataset import PARImages, augment, crop_pad, load_images
 from decoder import EOS, N_SPECIAL, DecoderConfig, SequencePAR, labels_to_targets
 
@@ -64,6 +79,7 @@ class BenchConfig:
     repeats: int = 0              # timed runs, the best one counts; 0: 3, or 1 for a released model
     threads: int = 0              # CPU threads; 0: torch's default
     train: bool = False           # the demo's training step instead (see above)
+    onnx: bool = False            # PyTorch against onnxruntime, fp32 and int8 (see above)
 
 
 def parse_args(argv):
@@ -79,9 +95,12 @@ def parse_args(argv):
             raise UserError(f"--{name}={getattr(opts, name)}: expected {expected}")
     if opts.train and opts.clip:
         raise UserError(f"--train=True measures the demo's tiny CLIP; leave out --clip={opts.clip}")
+    if opts.onnx and (opts.train or opts.device != "cpu" or opts.dtype != "fp32" or opts.compile):
+        raise UserError("--onnx=True measures fp32 inference on the CPU: no --train, --device, --dtype or --compile")
     return dataclasses.replace(opts, device=cli.resolve_device(opts.device),
                                repeats=opts.repeats or (1 if opts.clip not in ("", "tiny") else 3),
-                               batch_size=opts.batch_size or (train.PRESETS["synth"]["batch_size"] if opts.train else 8))
+                               batch_size=opts.batch_size or (train.PRESETS["synth"]["batch_size"] if opts.train else
+                                                              0 if opts.onnx else 8))
 
 
 def encoder_flops(c, batch):
@@ -284,15 +303,83 @@ def run_training(opts):
           f"SequencePAR step (no optimizer)")
 
 
+def emit_everything(model):
+    # The worst case for the decoder, in the weights alone, so that the exported graphs have it too: ln_f's output
+    # becomes the constant unit vector e_0 and lm_head's first column a ramp, attribute m's logit -2m, <eos> below all.
+    # Greedy takes the next attribute until none is left, the chain rule finds each one's P above 0.63 (1 - e^-2; the
+    # steps of 2 stay steps once int8 rounds the ramp); every other weight, and every computation, is as it was.
+    V = model.n_attr + N_SPECIAL
+    ramp = -2.0 * torch.arange(V)
+    ramp[EOS] = -2.0 * V - 2
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[:, 0] = ramp
+
+
+def run_onnx(model, opts):
+    """PyTorch eager against the exported graphs in onnxruntime, fp32 and int8: prints one table."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    threads, c, A = torch.get_num_threads(), model.clip.config, model.n_attr
+    emit_everything(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = os.path.join(tmp, "fp32"), os.path.join(tmp, "int8")
+        meta = export.export(model, dict(attr_names=[f"a{i}" for i in range(A)], config={}, step=0), "bench", fp32)
+        os.makedirs(int8)
+        shutil.copy(os.path.join(fp32, "model.json"), int8)
+        logging.disable(logging.WARNING)  # its advice to pre-process the graphs, which here changes nothing
+        for graph in meta["graphs"].values():
+            quantize_dynamic(os.path.join(fp32, graph), os.path.join(int8, graph), op_types_to_quantize=["MatMul"],
+                             weight_type=QuantType.QInt8)
+        logging.disable(logging.NOTSET)
+        runners = [onnx_decode.load(folder, threads) for folder in (fp32, int8)]
+    what = "the demo's model" if opts.clip == "tiny" else opts.clip or "small config"
+    print(f"CPU, {threads} threads for PyTorch and for onnxruntime; {what}: ViT "
+          f"{c.vision_layers} x {c.vision_width} at {c.image_resolution} px, decoder {model.config.n_layer} x "
+          f"{c.embed_dim}, A = {A}, every attribute emitted; images/s, best of {opts.repeats} after a warm-up")
+    print(f"{'batch':>5}  {'':14s} {'PyTorch eager':>13} {'onnxruntime fp32':>22} {'onnxruntime int8':>22}")
+    for B in [opts.batch_size] if opts.batch_size else [1, 8]:
+        images = torch.randn(B, 3, c.image_resolution, c.image_resolution, generator=torch.Generator().manual_seed(B))
+        x = images.numpy()
+        for name, decoding in (("image encoder", None), ("greedy", dict(rule="greedy")),
+                               ("chain rule", dict(rule="chain"))):
+            if decoding is None:
+                ours = torch.no_grad()(lambda: model.memory_kv(images))
+                theirs = [lambda r=r: r.sessions["encoder"].run(None, {"images": x}) for r in runners]
+            else:
+                ours = lambda: model.generate(images, **decoding)  # noqa: E731
+                theirs = [lambda r=r: r.generate(x, **decoding) for r in runners]
+            t_torch, out = timed(ours, opts.repeats, False)
+            times = []
+            for fn in theirs:
+                t, got = timed(fn, opts.repeats, False)
+                times.append(t)
+                if decoding is not None:  # the same decoding: every attribute, in every runtime
+                    assert out[0].all() and (got[0] == 1).all(), f"{name}: not every attribute was emitted"
+            print(f"{B:5d}  {name:14s} {B / t_torch:13.2f} " + " ".join(
+                f"{B / t:13.2f} ({t_torch / t:4.2f}x)" for t in times))
+
+
 def main(argv):
     opts = parse_args(argv)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.train:
         return run_training(opts)
+    if opts.onnx:
+        export.require("bench.py --onnx=True")
     torch.manual_seed(0)
+    if opts.onnx and opts.clip == "tiny":  # the demo's model
+        preset = train.PRESETS["synth"]
+        model = SequencePAR(clip.CLIP(train.TINY_CLIP), [prompt_for(n) for n in synth.ATTRS],
+                            DecoderConfig(preset["n_layer"], preset["n_head"], preset["dropout"]))
+        return run_onnx(model.eval(), opts)
     config = train.TINY_CLIP if opts.clip == "tiny" else clip.config(opts.clip) if opts.clip else SMALL
     model = SequencePAR(clip.CLIP(config), PROMPTS_35, DecoderConfig(n_layer=6, n_head=8))
+    if opts.onnx:
+        return run_onnx(model.eval(), opts)
     # generate_simple on the small config in fp32 only (see the docstring)
     run(model.to(opts.device).eval(), opts, compare=opts.clip in ("", "tiny") and opts.dtype == "fp32")
 

@@ -23,8 +23,6 @@ import os
 import re
 import sys
 
-import torch
-
 EXPECTED = {bool: "True or False (or yes, no, 1, 0)", int: "an integer", float: "a number"}
 BOOLS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
@@ -150,6 +148,7 @@ def run(main, config_class, doc, epilog=""):
 
 def resolve_device(name):
     """The --device option of every script: auto (cuda when there is one), cpu, cuda or cuda:N."""
+    import torch  # here, not at the top: the exported model's loop (onnx_decode.py) uses this file without torch
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     m = re.fullmatch(r"cuda(?::(\d+))?", name)

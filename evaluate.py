@@ -131,10 +131,15 @@ def generate(model, images, decoding, thresholds=None):
     attribute, each attribute present where its score is above its threshold (strictly): `thresholds`, one per
     attribute, or else decoding's one threshold. Greedy decoding's pred is what it emitted."""
     pred, scores = model.generate(images, **generate_options(model, decoding))
-    if scores_every_attribute(model, decoding):
-        t = decoding["threshold"] if thresholds is None else thresholds
-        pred = (scores > torch.as_tensor(t, dtype=scores.dtype, device=scores.device)).to(torch.uint8)
-    return pred, scores
+    return decide(pred, scores, scores_every_attribute(model, decoding), decoding, thresholds), scores
+
+
+def decide(pred, scores, every, decoding, thresholds=None):
+    # where every attribute is scored: each present above its threshold (one each, or decoding's one); else pred
+    if not every:
+        return pred
+    t = decoding["threshold"] if thresholds is None else thresholds
+    return (scores > torch.as_tensor(t, dtype=scores.dtype, device=scores.device)).to(torch.uint8)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ Predict the attributes of people in photos with a checkpoint of train.py (Sequen
 
     python sample.py img.jpg [more.jpg a/folder ...] [--ckpt=out/ckpt.pt] [--json=True] [--out_dir=DIR]
     python sample.py img.jpg --attention=True       # where the decoder looked, per attribute, in out/samples
+    python sample.py img.jpg --onnx=out/onnx        # with the graphs of export.py, in onnxruntime: the same output
 
 Without --ckpt it takes out/ckpt.pt (your own run), or else out/demo/ckpt.pt (make demo's), and says which. Prints,
 per image, the attributes the model predicts with the probability it gave each, then, where every attribute is
@@ -19,9 +20,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import cli
+import onnx_decode
 from cli import MissingFile, UserError
 from checkpoint import load_checkpoint, model_from_checkpoint
-from evaluate import DECODING, decoding_options, generate, scores_every_attribute, thresholds_to_use
+from evaluate import (CHAIN_PREFIX, DECODING, decide, decoding_options, generate, read_thresholds,
+                      scores_every_attribute, thresholds_to_use)
 from dataset import MEAN, STD, build_transform, read_image
 from decoder import LinearHead, QueryHead, SequencePAR, labels_to_targets
 
@@ -31,6 +34,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 @dataclass
 class SampleConfig:
     ckpt: str = ""                # a checkpoint of train.py; "": out/ckpt.pt, or else make demo's out/demo/ckpt.pt
+    onnx: str = ""                # or a folder of export.py's: its graphs in onnxruntime instead of a checkpoint
     json: bool = False            # one JSON document instead of text
     out_dir: str = ""             # a folder for each image drawn with its attributes beside it
     attention: bool = False       # also a picture per image of the decoder's cross-attention over the image patches
@@ -47,7 +51,7 @@ class SampleConfig:
     workers: int = 2              # DataLoader processes that read the images
     device: str = "auto"          # cuda when there is one
     compile: bool = False         # compile the image encoder first (torch.compile): worth it for many images on a GPU
-    PATHS = ("ckpt", "out_dir", "thresholds")
+    PATHS = ("ckpt", "onnx", "out_dir", "thresholds")
 
 
 def load_model(path, device="cpu", compile=False, ckpt=None):
@@ -62,6 +66,38 @@ def load_model(path, device="cpu", compile=False, ckpt=None):
         # would compile again and again: they stay eager.
         model.clip.visual.compile()
     return model, ckpt["attr_names"]
+
+
+class Exported:
+    """--onnx=DIR: the model of export.py's folder DIR, decoded by onnx_decode.py, behind generate's interface on
+    tensors (evaluate.generate then decides each attribute as it does for a checkpoint's model)."""
+
+    def __init__(self, folder):
+        self.model = onnx_decode.load(folder)
+        self.attr_names, self.meta = self.model.attr_names, self.model.meta
+
+    def generate(self, images, **decoding):
+        decoding = {**decoding, "threshold": CHAIN_PREFIX} if self.model.head == "sequencepar" else {}
+        return tuple(torch.from_numpy(a) for a in self.model.generate(images.numpy(), **decoding))
+
+    def thresholds_to_use(self, decoding, given, every):
+        """As evaluate.thresholds_to_use does for a checkpoint: --thresholds=FILE, else --threshold, else the
+        thresholds the run chose (in model.json), where they were chosen for these scores."""
+        if given.get("thresholds") and "threshold" in given:
+            raise UserError("--threshold and --thresholds: give one threshold for every attribute, or a file of them")
+        if not every:
+            if given.get("thresholds"):
+                raise UserError("--thresholds: greedy decoding scores only the attributes it emits, so it has nothing "
+                                "to decide at a threshold; they need --rule=chain")
+            return None, None
+        if given.get("thresholds"):
+            return read_thresholds(given["thresholds"], self.attr_names), \
+                f"each attribute's threshold from {given['thresholds']}"
+        run, chosen = self.meta["decoding"], self.meta.get("thresholds")
+        same = self.model.head != "sequencepar" or (run["rule"], run["unweight"]) == (decoding["rule"], decoding["unweight"])
+        if "threshold" in given or not chosen or not same:
+            return None, None
+        return chosen["values"], f"each attribute's threshold, chosen on {chosen['split']}"
 
 
 def find_checkpoint():
@@ -175,6 +211,9 @@ def parse_args(argv):
         raise UserError(f"--batch_size={opts.batch_size}: expected 1 or more")
     if opts.layers not in ("last", "all"):
         raise UserError(f"--layers={opts.layers}: expected last or all")
+    if opts.onnx and (opts.ckpt or opts.attention or opts.compile):
+        raise UserError(f"--onnx={opts.onnx} predicts with exported graphs: no --ckpt, and no --attention or --compile "
+                        f"(they need the checkpoint)")
     if opts.attention and not opts.out_dir:
         opts.out_dir = os.path.join("out", "samples")
     if opts.out_dir and os.path.exists(opts.out_dir) and not os.path.isdir(opts.out_dir):
@@ -184,21 +223,34 @@ def parse_args(argv):
 
 def main(argv):
     opts, inputs, given = parse_args(argv)
-    device = cli.resolve_device(opts.device)
-    if not opts.ckpt:
-        opts.ckpt = find_checkpoint()
-        print(f"checkpoint: {opts.ckpt}", file=sys.stderr)
-    ckpt = load_checkpoint(opts.ckpt)
+    device = "cpu" if opts.onnx else cli.resolve_device(opts.device)
+    if opts.onnx:
+        model = Exported(opts.onnx)
+        run, names, size = model.meta["decoding"], model.attr_names, model.meta["image"]["size"]
+    else:
+        if not opts.ckpt:
+            opts.ckpt = find_checkpoint()
+            print(f"checkpoint: {opts.ckpt}", file=sys.stderr)
+        ckpt = load_checkpoint(opts.ckpt)
+        run = ckpt["config"]
     # the decoding given here, else the one the checkpoint's training run used
-    decoding = decoding_options(SampleConfig(**{k: given[k] if k in given else ckpt["config"].get(k, getattr(opts, k))
+    decoding = decoding_options(SampleConfig(**{k: given[k] if k in given else run.get(k, getattr(opts, k))
                                                 for k in DECODING}))
-    model, names = load_model(opts.ckpt, device, opts.compile, ckpt)
-    every = scores_every_attribute(model, decoding)
-    not_applied = [f"--{k}" for k in ("rule", "beam_size", "unweight") if k in given and not isinstance(model, SequencePAR)]
-    if not_applied:
-        print(f"note: {', '.join(not_applied)} do not apply to {opts.ckpt}: the {ckpt.get('head')} head scores each "
-              "attribute with a sigmoid", file=sys.stderr)
-    thresholds, chosen_on = thresholds_to_use(ckpt, model, decoding, given, names)
+    if opts.onnx:
+        if decoding["beam_size"] != 1:
+            raise UserError(f"--beam_size={decoding['beam_size']}: the exported model decodes greedily or by the chain "
+                            f"rule; beam search needs --ckpt (or give --beam_size=1)")
+        every = model.meta["head"] != "sequencepar" or decoding["rule"] == "chain"
+        thresholds, chosen_on = model.thresholds_to_use(decoding, given, every)
+    else:
+        model, names = load_model(opts.ckpt, device, opts.compile, ckpt)
+        every = scores_every_attribute(model, decoding)
+        size = model.clip.config.image_resolution
+        not_applied = [f"--{k}" for k in ("rule", "beam_size", "unweight") if k in given and not isinstance(model, SequencePAR)]
+        if not_applied:
+            print(f"note: {', '.join(not_applied)} do not apply to {opts.ckpt}: the {ckpt.get('head')} head scores each "
+                  "attribute with a sigmoid", file=sys.stderr)
+        thresholds, chosen_on = thresholds_to_use(ckpt, model, decoding, given, names)
     if chosen_on:
         print(f"decided at {chosen_on} (--threshold=T decides every attribute at T)", file=sys.stderr)
     if opts.attention and isinstance(model, LinearHead):
@@ -206,7 +258,6 @@ def main(argv):
     paths = find_images(inputs, skip=opts.out_dir or None)
     if not paths:
         raise UserError(f"no images in {', '.join(inputs)} (files ending in {', '.join(IMAGE_EXTENSIONS)})")
-    size = model.clip.config.image_resolution
     loader = torch.utils.data.DataLoader(Images(paths, size), opts.batch_size, num_workers=cli.worker_count(opts.workers),
                                          collate_fn=collate)
     results, failed, all_scores, written = {}, {}, {}, 0
@@ -217,7 +268,11 @@ def main(argv):
         if images is None:
             continue
         images = images.to(device)
-        pred, scores = generate(model, images, decoding, thresholds)
+        if opts.onnx:
+            pred, scores = model.generate(images, **decoding)
+            pred = decide(pred, scores, every, decoding, thresholds)
+        else:
+            pred, scores = generate(model, images, decoding, thresholds)
         maps = attention_maps(model, images, pred, opts.layers) if opts.attention else None
         for b, i in enumerate(idx):
             emitted = pred[b].nonzero().flatten().tolist()  # in id order, the order they were generated in

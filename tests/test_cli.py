@@ -16,6 +16,7 @@ SCRIPTS = {"train.py": r"--preset=auto\s+synth: the demo's small model",
            "evaluate.py": r"--out_dir=\s+where the files go; \"\" is the checkpoint's folder",
            "sample.py": r"--json=False\s+one JSON document instead of text",
            "bench.py": r"--batch_size=0\s+images per call",
+           "export.py": r"--out_dir=\s+\"\": onnx/ beside the checkpoint",
            "synth.py": r"--n=40000\s+images",
            "data.py": r"--decode=False\s+open every image",
            "experiments/generation.py": r"--steps=3000\s+training steps of every run"}
@@ -91,12 +92,14 @@ def config_classes():
     import bench
     import data
     import evaluate
+    import export
     import sample
     import synth
     import train
     from experiments import generation
     return {"train.py": train.TrainConfig, "evaluate.py": evaluate.EvalConfig, "sample.py": sample.SampleConfig,
-            "bench.py": bench.BenchConfig, "synth.py": synth.SynthConfig, "data.py": data.DataConfig,
+            "bench.py": bench.BenchConfig, "export.py": export.ExportConfig, "synth.py": synth.SynthConfig,
+            "data.py": data.DataConfig,
             "experiments/generation.py": generation.ExperimentsConfig}
 
 

@@ -8,9 +8,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # bottom first: what a file may import is what comes before it
 LAYERS = ["cli", "tokenizer",                    # the command line and its errors; CLIP's BPE
           "synth", "dataset", "data",            # the data: the synthetic set, the image pipeline, the annotations
-          "clip", "decoder",                     # the model
+          "clip", "decoder", "onnx_decode",      # the model; the exported model's loop, without torch
           "checkpoint", "run", "evaluate",       # a run: its files, its folder, its scores
-          "train", "sample", "bench",            # the scripts
+          "train", "sample", "export", "bench",  # the scripts
           "experiments/generation"]              # the workshop
 
 
