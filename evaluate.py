@@ -4,8 +4,11 @@ Score a checkpoint of train.py on a split of its dataset.
     python evaluate.py --ckpt=out/ckpt.pt                 # the test split of the dataset it was trained on
     python evaluate.py --ckpt=out/ckpt.pt --split=val --rule=greedy --beam_size=3
     python evaluate.py --ckpt=out/ckpt.pt --rule=chain --threshold=0.3
+    python evaluate.py --ckpt=out/ckpt.pt --split=val --choose_thresholds=True   # each attribute's, written to a file
 
-Decodes as the checkpoint's training run did unless told otherwise (--rule, --threshold, --unweight, --beam_size).
+Decodes as the checkpoint's training run did unless told otherwise (--rule, --unweight, --beam_size), and decides each
+attribute at the threshold the run chose for it on val, unless --threshold (one for all) or --thresholds (a file)
+says otherwise. The chain rule's scores, and mAP, do not depend on the threshold: its prefix is decided at 0.5.
 Prints the standard PAR metrics (and mAP where the scores cover every attribute: the chain rule, the query and linear
 heads), the predicted and true attributes per image, and a table per attribute, and writes beside the checkpoint (or
 in --out_dir) what a paper table or an analysis starts from: metrics_<split>.json, every prediction and its score in

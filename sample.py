@@ -7,8 +7,11 @@ Predict the attributes of people in photos with a checkpoint of train.py (Sequen
 
 Without --ckpt it takes out/ckpt.pt (your own run), or else out/demo/ckpt.pt (make demo's), and says which. Prints,
 per image, the attributes the model predicts with the probability it gave each, then, where every attribute is
-scored (the chain rule, the query and linear heads), the others with theirs; --json=True adds them as "scores". One
-bad image is reported and the others go on.
+scored (the chain rule, the query and linear heads), the others with theirs; --json=True adds them as "scores", with
+the "thresholds" that decided. Each attribute is decided at the threshold the run chose for it on val (said on stderr),
+unless --threshold=T (one for all) or --thresholds=FILE (attribute,threshold rows) is given; the chain rule's scores
+are the model's alone, decided in the prefix at 0.5 whatever the threshold. One bad image is reported and the others
+go on.
 """
 import json
 import os
