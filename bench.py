@@ -49,11 +49,14 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 import cli
 from cli import UserError
+from checkpoint import load_checkpoint, model_from_checkpoint
 import clip
 import export
 import onnx_decode
@@ -80,6 +83,8 @@ class BenchConfig:
     threads: int = 0              # CPU threads; 0: torch's default
     train: bool = False           # the demo's training step instead (see above)
     onnx: bool = False            # PyTorch against onnxruntime, fp32 and int8 (see above)
+    ckpt: str = ""                # with --onnx=True: instead, a checkpoint's test metrics, PyTorch, fp32 and int8
+    PATHS = ("ckpt",)
 
 
 def parse_args(argv):
@@ -319,21 +324,63 @@ def emit_everything(model):
         model.lm_head.weight[:, 0] = ramp
 
 
+def quantized(fp32, int8, meta):
+    """export.py's folder fp32 again in int8: onnxruntime's quantize_dynamic of the matrix multiplications by
+    weights (weights int8 once, activations quantized on the fly)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    os.makedirs(int8)
+    shutil.copy(os.path.join(fp32, "model.json"), int8)
+    logging.disable(logging.WARNING)  # its advice to pre-process the graphs, which here changes nothing
+    for graph in meta["graphs"].values():
+        quantize_dynamic(os.path.join(fp32, graph), os.path.join(int8, graph), op_types_to_quantize=["MatMul"],
+                         weight_type=QuantType.QInt8)
+    logging.disable(logging.NOTSET)
+
+
+def onnx_accuracy(path):
+    """A checkpoint's test split scored by PyTorch, by its export in onnxruntime fp32 and in int8, each decoded as
+    its run decodes and decided at the run's thresholds: does quantisation cost accuracy?"""
+    from evaluate import CHAIN_PREFIX, average_precision, decide, decoding_options, mean_ap, metrics, predict
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path).eval()
+    c = ckpt["config"]
+    data = load_dataset(c["dataset"], c["root"] or None, pkl=c["pkl"], images=c["images"], partition=c["partition"])
+    decoding = decoding_options(SimpleNamespace(**{k: c[k] for k in ("beam_size", "rule", "threshold", "unweight")}))
+    chosen = (ckpt.get("thresholds") or {}).get("values")
+    batches = torch.utils.data.DataLoader(PARImages(data, data.splits["test"], model.clip.config.image_resolution,
+                                                    train=False), 256)
+    pred, scores, gt = predict(model, batches, "cpu", nullcontext(), decoding, chosen)
+    rows = {"PyTorch eager": (pred, scores)}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = os.path.join(tmp, "fp32"), os.path.join(tmp, "int8")
+        meta = export.export(model, ckpt, path, fp32)
+        quantized(fp32, int8, meta)
+        for name, folder in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
+            runner, out = onnx_decode.load(folder), []
+            for images, _ in batches:
+                opts = dict(rule=decoding["rule"], unweight=decoding["unweight"], threshold=CHAIN_PREFIX) \
+                    if runner.head == "sequencepar" else {}
+                p, q = (torch.from_numpy(a) for a in runner.generate(images.numpy(), **opts))
+                out.append((decide(p, q, runner.head != "sequencepar" or decoding["rule"] == "chain", decoding, chosen), q))
+            rows[name] = (torch.cat([o[0] for o in out]).numpy(), torch.cat([o[1] for o in out]).numpy())
+    print(f"{path} on {c['dataset']} test ({len(gt)} images), {decoding['rule']} rule, "
+          + ("each attribute at its threshold chosen on val" if chosen else f"threshold {decoding['threshold']}"))
+    for name, (p, q) in rows.items():
+        m = metrics(gt, p)
+        agree = (p == rows["PyTorch eager"][0]).all(1).mean()
+        print(f"{name:18s} mA {m['mA']:.2f} | F1 {m['F1']:.2f} | mAP {mean_ap(average_precision(gt, q)):.2f} | "
+              f"the same attributes as PyTorch for {100 * agree:.2f}% of the images, scores within "
+              f"{np.abs(q - rows['PyTorch eager'][1]).max():.1e}")
+
+
 def run_onnx(model, opts):
     """PyTorch eager against the exported graphs in onnxruntime, fp32 and int8: prints one table."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     threads, c, A = torch.get_num_threads(), model.clip.config, model.n_attr
     emit_everything(model)
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = os.path.join(tmp, "fp32"), os.path.join(tmp, "int8")
         meta = export.export(model, dict(attr_names=[f"a{i}" for i in range(A)], config={}, step=0), "bench", fp32)
-        os.makedirs(int8)
-        shutil.copy(os.path.join(fp32, "model.json"), int8)
-        logging.disable(logging.WARNING)  # its advice to pre-process the graphs, which here changes nothing
-        for graph in meta["graphs"].values():
-            quantize_dynamic(os.path.join(fp32, graph), os.path.join(int8, graph), op_types_to_quantize=["MatMul"],
-                             weight_type=QuantType.QInt8)
-        logging.disable(logging.NOTSET)
+        quantized(fp32, int8, meta)
         runners = [onnx_decode.load(folder, threads) for folder in (fp32, int8)]
     what = "the demo's model" if opts.clip == "tiny" else opts.clip or "small config"
     print(f"CPU, {threads} threads for PyTorch and for onnxruntime; {what}: ViT "
@@ -370,6 +417,8 @@ def main(argv):
         return run_training(opts)
     if opts.onnx:
         export.require("bench.py --onnx=True")
+        if opts.ckpt:
+            return onnx_accuracy(opts.ckpt)
     torch.manual_seed(0)
     if opts.onnx and opts.clip == "tiny":  # the demo's model
         preset = train.PRESETS["synth"]

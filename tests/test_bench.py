@@ -1,4 +1,5 @@
 """bench.py: its FLOP count against PyTorch's counter, every figure printed on a tiny model, and its option errors."""
+import json
 import re
 
 import pytest
@@ -90,3 +91,17 @@ def test_bench_options_are_checked_before_any_work():
         bench.parse_args(["--train=True", "--clip=ViT-B/32"])
     r = run_script("bench.py", "--dtype=fp16")
     assert r.returncode == 1 and r.stderr == "error: --dtype=fp16: expected fp32, or bf16 (autocast)\n"
+
+
+def test_a_checkpoints_accuracy_in_pytorch_and_onnxruntime_fp32_and_int8(trained_run, capsys):
+    pytest.importorskip("onnxruntime")
+    bench.main(["--onnx=True", f"--ckpt={trained_run[0]}/ckpt.pt"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("synth test (32 images), chain rule, each attribute at its threshold chosen on val")
+    rows = {line[:18].strip(): line for line in lines[1:]}
+    assert set(rows) == {"PyTorch eager", "onnxruntime fp32", "onnxruntime int8"}
+    # fp32 decides as PyTorch does; int8 is reported, whatever it gives
+    assert "the same attributes as PyTorch for 100.00% of the images" in rows["onnxruntime fp32"]
+    # the PyTorch row is the run's own test report at its thresholds
+    report = json.loads(open(f"{trained_run[0]}/metrics_test.json").read())["overall"]
+    assert f"mA {report['mA']:.2f} | F1 {report['F1']:.2f} | mAP {report['mAP']:.2f}" in rows["PyTorch eager"]
