@@ -19,7 +19,8 @@ the lower garment and the shoes, so Trousers, Shorts, Skirt and Boots (HIDDEN, t
 from the attributes still in view, through the dependencies of the label sampler. Which images are hidden depends on
 (seed, i) only; root/hidden.csv lists them (a header, image, then one image path per row, as in labels.csv), and their
 labels are the true ones. Every other image is drawn exactly as without --hidden. `ceiling` computes, from the label
-sampler alone, the best mA and instance F1 any model can reach on the hidden attributes of a hidden image.
+sampler alone, the best mA and instance F1 any model can reach on the hidden attributes of a hidden image;
+`ceiling_by_rule` what a perfect model reaches there under each head's own decision rule.
 """
 import csv
 import math
@@ -134,6 +135,83 @@ def ceiling(sample=_labels, hidden=HIDDEN, given=PARENTS, n=200_000, seed=0):
 
     keys = ["mA", "F1", "F1_config"]
     return dict(zip(keys + ["blind_" + key for key in keys], scores(p) + scores(np.broadcast_to(prior, p.shape))))
+
+
+def ceiling_by_rule(sample=_labels, hidden=HIDDEN, given=PARENTS, order=ATTRS, n=200_000, seed=0):
+    """What a perfect model, one that knows P(hidden attributes | given) exactly and every other attribute of the image,
+    scores on the `hidden` attributes (mA and F1 in percent, over them alone) when its decisions are made by each
+    head's own rule rather than by the best decision for the metric. `order` is the columns' order, the order in which
+    SequencePAR writes the attributes; every attribute not hidden is a visible one, drawn with its true value. The
+    rules, each a dict of mA and F1:
+    - "mA_optimal": each attribute where P(y_j = 1 | given) exceeds its rate (ceiling's mA decision: what thresholds
+      chosen on val aim at); "F1_optimal": the set of best expected F1 (ceiling's F1 decision);
+    - "bce_at_0.5": the minimiser of the weighted BCE (a positive of j weighs exp(1 - r_j), a negative exp(r_j)) read
+      at 0.5: positive where P > sigmoid(2 r_j - 1), r_j the positive rate; "plain_at_0.5": P > 0.5;
+    - "chain" and "greedy": the minimiser of the weighted NLL (next id k weighs w_k = exp(1 - r_k), <eos> 1), whose
+      next-id distribution is the true one q tilted to w_k q_k / sum of w q, read by the chain rule with its prefix at
+      0.5 or by greedy decoding; "chain_unweighted" and "greedy_unweighted" the same with q itself.
+    Fitted on n draws and scored on n others, as ceiling."""
+    names = list(hidden) + [a for a in order if a not in hidden]  # bit j: names[j]
+    k, A = len(hidden), len(order)
+    fit, test = (_codes(sample, names, n, f"ceiling/{seed}/{part}") for part in ("fit", "test"))
+    cols = np.array([order.index(a) for a in names])  # the column of each bit
+    bits = lambda codes: (codes[:, None] >> np.arange(len(names)) & 1).astype(bool)  # (n, names)
+    rate = np.zeros(A)
+    rate[cols] = bits(fit).mean(0)
+    weight = np.append(np.exp(1 - rate), 1.0)  # (A + 1,): every attribute, then <eos> at index A
+    sets = (np.arange(2 ** k)[:, None] >> np.arange(k) & 1).astype(bool)  # (C, k)
+    g = [names.index(a) for a in given]
+    pattern = lambda codes: sum(((codes >> j & 1) << i for i, j in enumerate(g)), np.zeros_like(codes))
+    prior = np.bincount(fit & (2 ** k - 1), minlength=2 ** k) / n
+    counts = np.zeros((2 ** len(g), 2 ** k))
+    np.add.at(counts, (pattern(fit), fit & (2 ** k - 1)), 1)
+    post = (counts + prior) / (counts.sum(1, keepdims=True) + 1)  # P(set | given), as ceiling
+    p = post[pattern(test)]  # (n, C)
+    truth = bits(test)
+    gt = truth[:, :k]
+    visible = np.zeros((n, A), bool)  # the image's visible attributes; the hidden ones are a set c of `sets`
+    visible[:, cols[k:]] = truth[:, k:]
+    hcol = cols[:k]
+
+    def first_positive(after, rows):  # (R,) columns -> (R, C) the first positive column after each, were the hidden
+        later = visible[rows] & (np.arange(A) > after[:, None])  # set c; A (<eos>) if none
+        seen = np.where(later.any(1), later.argmax(1), A)
+        hidden = np.where(sets[None] & (hcol > after[:, None, None]), hcol, A).min(-1)
+        return np.minimum(seen[:, None], hidden)
+
+    def chain(w):
+        consistent, pred, every = np.ones((n, 2 ** k), bool), np.zeros((n, k), bool), np.arange(n)
+        for h in np.argsort(hcol):  # the hidden ones in column order; a visible one is decided right (its score 0 or 1)
+            mass = p * consistent  # sets that disagree with a decision made are out
+            at = first_positive(np.full(n, hcol[h] - 1), every)  # the first positive from this column on, per set
+            score = (mass * sets[:, h] * w[hcol[h]]).sum(1) / (mass * w[at]).sum(1)
+            pred[:, h] = score > 0.5
+            consistent &= sets[None, :, h] == pred[:, h:h + 1]
+        return pred
+
+    def greedy(w):
+        consistent, pred = np.ones((n, 2 ** k), bool), np.zeros((n, k), bool)
+        last, rows = np.full(n, -1), np.arange(n)  # rows: the images still decoding
+        while rows.size:
+            nxt, mass = first_positive(last[rows], rows), p[rows] * consistent[rows]  # (R, C)
+            q = np.zeros((rows.size, A + 1))  # the probability of each next id
+            for c in range(2 ** k):
+                q[np.arange(rows.size), nxt[:, c]] += mass[:, c]
+            emit = (q * w).argmax(1)  # the most probable next id after the tilt
+            consistent[rows] &= nxt == emit[:, None]  # the sets whose next positive is the one emitted
+            pred[rows] |= hcol == emit[:, None]
+            last[rows] = emit
+            rows = rows[emit != A]
+        return pred
+
+    marginal = p @ sets  # (n, k): P(y_j = 1 | given)
+    table = _f1(sets[None], sets[:, None])
+    rules = {"mA_optimal": marginal > prior @ sets, "F1_optimal": sets[(p @ table.T).argmax(1)],
+             "bce_at_0.5": marginal > 1 / (1 + np.exp(1 - 2 * rate[hcol])), "plain_at_0.5": marginal > 0.5,
+             "chain": chain(weight), "chain_unweighted": chain(np.ones(A + 1)),
+             "greedy": greedy(weight), "greedy_unweighted": greedy(np.ones(A + 1))}
+    return {rule: {"mA": 100 * float(_ma(gt, pred)), "F1": 100 * float(_f1(gt, pred).mean())}
+            for rule, pred in rules.items()}
 
 
 def _jitter(r, c, k=25):

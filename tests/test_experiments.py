@@ -159,7 +159,8 @@ def test_quick_experiments_write_every_promised_file(tmp_path):
     done = {line.split()[2].rstrip(":"): i for i, line in enumerate(lines) if " done " in line}
     assert done["hidden/sequencepar/s0"] < start["hidden/sequencepar-greedy/s0"]
     md = (out / "results.md").read_text()
-    assert all(t in md for t in ("### Every condition", "### The hidden variant", "| ceiling |", "| blind |"))
+    assert all(t in md for t in ("### Every condition", "### The hidden variant", "| blind: the mA optimum",
+                                 "| the weighted NLL's optimum, the chain rule at 0.5 | "))
     assert "| hidden | query head | 1 | " in md
     # a second run finds every run in results.csv and trains nothing
     again = run_script("experiments/generation.py", "--quick=True", "--only=hidden", f"--out_dir={out}")

@@ -212,6 +212,43 @@ def test_ceiling_on_samplers_computed_by_hand():
         assert got == pytest.approx(dict(zip(keys, want)), abs=1.5), sample.__name__
 
 
+@pytest.mark.parametrize("order", [["v", "h"], ["h", "v"]])
+def test_each_heads_rule_on_a_sampler_computed_by_hand(order):
+    # v holds half the time; h (rate 0.25) holds with P 0.4 where v does, 0.1 where it does not. Weights exp(1 - r):
+    # w_h = e^0.75 = 2.117, w_v = e^0.5 = 1.649, <eos> 1. Predicting h exactly where v holds scores mA (0.2 / 0.25 +
+    # 0.45 / 0.75) / 2 = 70 and F1 0.2 (the images with h and v); predicting it nowhere mA 50, F1 0; everywhere mA 50,
+    # F1 0.25 (the F1 decision with one hidden attribute: an image without h scores 0 whatever we predict).
+    def sample(r):
+        v = r.random() < 0.5
+        return {"v": v, "h": r.random() < (0.4 if v else 0.1)}
+
+    where_v, nowhere = {"mA": 70, "F1": 20}, {"mA": 50, "F1": 0}
+    # the weighted BCE's 0.5 is P > sigmoid(2 * 0.25 - 1) = 0.378: 0.4 passes. Its NLL tilts the next id: with v
+    # written first, the chain rule asks h against <eos>: 0.4 * 2.117 / (0.4 * 2.117 + 0.6) = 0.59 > 0.5, and greedy
+    # takes h (0.85 against 0.6); with h first, against v: 0.4 * 2.117 / (0.4 * 2.117 + 0.6 * 1.649) = 0.46 < 0.5, and
+    # greedy takes v (0.99 against 0.85), after which only <eos> is left. Unweighted, 0.4 loses to 0.6 both ways.
+    tilted = where_v if order == ["v", "h"] else nowhere
+    want = {"mA_optimal": where_v, "F1_optimal": {"mA": 50, "F1": 25}, "bce_at_0.5": where_v, "plain_at_0.5": nowhere,
+            "chain": tilted, "greedy": tilted, "chain_unweighted": nowhere, "greedy_unweighted": nowhere}
+    got = synth.ceiling_by_rule(sample, ["h"], ["v"], order, n=20_000, seed=1)
+    assert got.keys() == want.keys()
+    for rule in want:
+        assert got[rule] == pytest.approx(want[rule], abs=1.5), rule
+
+
+def test_the_chain_rule_and_greedy_part_ways_on_an_exclusive_group():
+    # exactly one of a, b, c, with P 0.45, 0.3, 0.25, nothing seen: greedy writes the most probable, a; the chain rule
+    # asks a (0.45 < 0.5: no), then b against c (0.3 / 0.55 = 0.55: yes). Tilted by the weights exp(1 - r) the same:
+    # 0.78, 0.60, 0.53, and b against c 0.60 / 1.13 = 0.53. Always b scores mA 50 and F1 0.3, always a F1 0.45.
+    def sample(r):
+        x = r.choices("abc", (0.45, 0.3, 0.25))[0]
+        return {k: k == x for k in "abc"}
+
+    got = synth.ceiling_by_rule(sample, list("abc"), [], list("abc"), n=20_000, seed=1)
+    for rule, want in [("chain", 30), ("chain_unweighted", 30), ("greedy", 45), ("greedy_unweighted", 45)]:
+        assert got[rule] == pytest.approx({"mA": 50, "F1": want}, abs=1.5), rule
+
+
 def test_the_metrics_are_evaluates():
     import evaluate  # torch and the model: only here
 
