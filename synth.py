@@ -23,6 +23,7 @@ sampler alone, the best mA and instance F1 any model can reach on the hidden att
 `ceiling_by_rule` what a perfect model reaches there under each head's own decision rule.
 """
 import csv
+import functools
 import math
 import multiprocessing
 import os
@@ -80,10 +81,17 @@ def _labels(r):  # one person's attributes, with dependencies and imbalance like
 PARENTS = ("Female", "LongSleeve", "LongCoat")
 
 
-def _codes(sample, names, n, seed):  # n draws of sample, attribute j of `names` in bit j of an integer per draw
+@functools.lru_cache(maxsize=4)
+def _draws(sample, n, seed):  # n draws of sample: their attribute names, and a (n, names) 0/1 matrix
     r = random.Random(seed)
-    return np.fromiter((sum(a[k] << j for j, k in enumerate(names)) for a in (sample(r) for _ in range(n))),
-                       np.int64, n)
+    rows = [sample(r) for _ in range(n)]
+    keys = list(rows[0])
+    return keys, np.array([[a[k] for k in keys] for a in rows], np.int64)
+
+
+def _codes(sample, names, n, seed):  # n draws of sample, attribute j of `names` in bit j of an integer per draw
+    keys, draws = _draws(sample, n, seed)  # (ceiling and ceiling_by_rule share their draws)
+    return (draws[:, [keys.index(k) for k in names]] << np.arange(len(names))).sum(1)
 
 
 def _f1(gt, pred):  # per image (the last axis) F1 of 0/1 arrays, as evaluate.metrics has it (eps = 1e-20)
