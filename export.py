@@ -17,7 +17,8 @@ What it writes into the folder (B, the batch, is free in every graph):
   the image size, mean and std, and the check below.
 Before the folder appears, every graph runs in onnxruntime on a random batch of 3 (it was traced at 2) and must give
 PyTorch's outputs within TOLERANCE, or the export fails in one line and leaves nothing. The folder appears whole: it is
-written under a temporary name and renamed. Not exported: training, beam search, the attention maps.
+written under a temporary name and renamed. Not exported: training, the attention maps (beam search, like greedy
+decoding and the chain rule, is onnx_decode.py's loop around step.onnx).
 
 Shapes: B batch, L image tokens, nh heads, hs head size, A attributes, V = A + 3 vocabulary.
 """

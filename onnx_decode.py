@@ -9,7 +9,7 @@ names, the decoding and thresholds of the run, the special ids, the image size a
 - SequencePAR: encoder.onnx, images -> image_kv, every decoder layer's cross-attention keys and values of the image
   tokens, and step.onnx, one decoder step: (the newest id, its position, the self-attention cache, image_kv) -> (the
   next id's logits, the cache with this step's keys and values added). Decoding is a short loop around the step, the
-  same loop as decoder.py's generate: greedy (the paper's rule) or the chain rule.
+  same loop as decoder.py's generate: greedy (the paper's rule), beam search or the chain rule.
 - the query and linear heads: logits.onnx, images -> one logit per attribute; the rest is a sigmoid.
 generate returns what decoder.py's generate returns, as numpy: pred (B, A) uint8 and scores (B, A).
 
@@ -113,8 +113,8 @@ class Exported:
         """decoder.py's generate on (B, 3, size, size) float32 images: pred (B, A) uint8 and scores (B, A) float32.
         SequencePAR decodes greedily (rule="greedy") or by the chain rule (rule="chain", threshold, unweight); the
         query and linear heads take the sigmoid of their logits, pred = scores > threshold."""
-        if beam_size != 1:
-            raise ValueError(f"beam_size={beam_size}: the exported model decodes greedily or by the chain rule")
+        if beam_size < 1 or (beam_size > 1 and rule != "greedy"):
+            raise ValueError(f"beam_size={beam_size}: expected 1, or more with rule='greedy'")
         images = np.ascontiguousarray(images, dtype=np.float32)
         if self.head != "sequencepar":
             logits = self.sessions["logits"].run(None, {"images": images})[0]  # (B, A)
@@ -132,6 +132,31 @@ class Exported:
             return logits
 
         prev, rows = np.full(B, self.BOS), np.arange(B)
+        if rule == "greedy" and beam_size > 1:
+            # decoder.py's generate_beam: B*K hypotheses, image b's in rows b*K .. b*K + K - 1, scored by the sum of
+            # their ids' log-probabilities; one live per image at first; a finished one appends <pad> at no cost
+            K, V = beam_size, A + S
+            image_kv, cache = np.repeat(image_kv, K, axis=0), np.repeat(cache, K, axis=0)
+            seq, seq_logp = np.full((B * K, 1), self.BOS), np.zeros((B * K, 1), dtype=np.float32)
+            beam_logp = np.where(np.arange(B * K) % K == 0, 0.0, -np.inf).astype(np.float32)
+            for t in range(A + 1):
+                allowed = self.allowed(seq[:, -1])
+                logp = np.where(allowed, log_softmax(step(seq[:, -1], t)), -np.inf)  # (B*K, V)
+                logp[allowed[:, self.PAD], self.PAD] = 0.0
+                total = (beam_logp[:, None] + logp).reshape(B, K * V)
+                best = np.argsort(-total, axis=1, kind="stable")[:, :K]  # (B, K): the K best extensions, best first
+                beam_logp = np.take_along_axis(total, best, 1).ravel()
+                src, nxt = (np.arange(B)[:, None] * K + best // V).ravel(), (best % V).ravel()
+                cache = cache[src]  # each new hypothesis takes the cache of the row it extends
+                seq = np.concatenate([seq[src], nxt[:, None]], axis=1)
+                seq_logp = np.concatenate([seq_logp[src], logp[src, nxt][:, None]], axis=1)
+                if (nxt < S).all():
+                    break
+            seq, seq_logp = seq[::K], seq_logp[::K]  # (B, T): each image's best
+            emitted, probs = np.zeros((B, V), dtype=np.uint8), np.zeros((B, V), dtype=np.float32)
+            for t in range(seq.shape[1]):
+                emitted[rows, seq[:, t]], probs[rows, seq[:, t]] = 1, np.exp(seq_logp[:, t])
+            return emitted[:, S:], probs[:, S:]
         if rule == "greedy":
             # the most probable allowed id, until every sequence has emitted <eos>; scores: each emitted attribute's
             # probability when it was emitted

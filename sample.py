@@ -240,9 +240,6 @@ def main(argv):
     decoding = decoding_options(SampleConfig(**{k: given[k] if k in given else run.get(k, getattr(opts, k))
                                                 for k in DECODING}))
     if opts.onnx:
-        if decoding["beam_size"] != 1:
-            raise UserError(f"--beam_size={decoding['beam_size']}: the exported model decodes greedily or by the chain "
-                            f"rule; beam search needs --ckpt (or give --beam_size=1)")
         every = model.meta["head"] != "sequencepar" or decoding["rule"] == "chain"
         thresholds, chosen_on = model.thresholds_to_use(decoding, given, every)
     else:

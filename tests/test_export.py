@@ -28,7 +28,7 @@ PROMPTS = [f"A pedestrian with attribute number {i}" for i in range(A)]
 NAMES = [f"attr{i}" for i in range(A)]
 HEADS = ("sequencepar", "query", "linear")
 DECODINGS = [dict(rule="greedy"), dict(rule="chain"), dict(rule="chain", threshold=0.3),
-             dict(rule="chain", unweight=True)]
+             dict(rule="chain", unweight=True), dict(rule="greedy", beam_size=3)]
 
 
 def tiny_model(head):
@@ -161,7 +161,8 @@ def test_preprocess_is_sample_pys_pipeline(exported, images):
 @pytest.mark.parametrize("head", HEADS)
 def test_sample_onnx_prints_what_sample_ckpt_prints(exported, images, head, capsys):
     _, path, folder = exported[head]
-    for options in (["--rule=chain"], ["--rule=greedy"], ["--json=True"], ["--threshold=0.3", "--json=True"]):
+    for options in (["--rule=chain"], ["--rule=greedy"], ["--rule=greedy", "--beam_size=3"], ["--json=True"],
+                    ["--threshold=0.3", "--json=True"]):
         if head != "sequencepar" and "--rule=greedy" in options:
             continue
         printed = []
@@ -247,8 +248,8 @@ def test_errors_are_one_line(exported, images, tmp_path, monkeypatch):
         sample.main([images[0], f"--onnx={folder}"])
     with pytest.raises(UserError, match=r"^--onnx=.* predicts with exported graphs: no --ckpt"):
         sample.main([images[0], f"--onnx={folder}", "--attention=True"])
-    with pytest.raises(UserError, match=r"^--beam_size=3: the exported model decodes greedily or by the chain rule"):
-        sample.main([images[0], f"--onnx={exported['sequencepar'][2]}", "--rule=greedy", "--beam_size=3"])
+    with pytest.raises(UserError, match=r"^--beam_size=3: expected 1 or more, and 1 with --rule=chain"):
+        sample.main([images[0], f"--onnx={exported['sequencepar'][2]}", "--rule=chain", "--beam_size=3"])
     for package, run in (("onnxruntime", lambda: sample.main([images[0], f"--onnx={exported['linear'][2]}"])),
                          ("onnx", lambda: export.main([f"--ckpt={exported['linear'][1]}"]))):
         with monkeypatch.context() as m:
