@@ -494,7 +494,7 @@ def tables(stats, commits, ceiling, by_rule):
 PAIRS = (("sequencepar", "query", "generation: SequencePAR against the query head"),
          ("query", "linear", "cross-attention: the query head against the linear head"),
          ("sequencepar-greedy", "sequencepar", "the decision rule: greedy against the chain rule, the same checkpoints"))
-PAIRED = ("mA", "t_mA", "F1", "t_F1", "mAP")
+PAIRED = ("mA", "t_mA", "F1", "t_F1", "mAP", "rare_mA", "t_rare_mA")  # rare_mA: under the rare condition only
 LEVEL = 0.5  # points: a difference under this in every seed is "level"
 
 
@@ -525,13 +525,15 @@ def paired_table(stats):
              "For each comparison and condition, the first head minus the second, seed by seed (the same seed: the same "
              "image encoder at the start, the same batches, crops and flips), then their mean; + or - where every seed "
              f"agrees, level where every seed's difference is under {LEVEL} points, mixed otherwise. t: at each "
-             "attribute's threshold chosen on val.", "",
+             "attribute's threshold chosen on val; rare_mA: the mA of the rare attributes, under the rare condition "
+             "only.", "",
              "| comparison | condition | " + " | ".join(PAIRED) + " |", "|---|---|" + "---|" * len(PAIRED)]
     for a, b, words in PAIRS:
         for c in CONDITIONS:
             cells = []
             for k in PAIRED:
-                d = paired_differences(stats, f"{c}/{a}", f"{c}/{b}", k)
+                d = paired_differences(stats, f"{c}/{a}", f"{c}/{b}", k) if c.startswith("rare") or \
+                    not k.endswith("rare_mA") else {}
                 cells.append(f"{np.mean(list(d.values())):+.2f} ({', '.join(f'{x:+.1f}' for x in d.values())}) "
                              f"{verdict(list(d.values()))}" if d else "-")
             if any(x != "-" for x in cells):
