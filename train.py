@@ -16,6 +16,7 @@ SIGHUP) ends the run, for --resume=True. At the end the selected model is scored
 evaluate.py's `evaluate`, which writes its reports beside the checkpoint. One run at a time holds out_dir (run.py).
 """
 import dataclasses
+import gc
 import math
 import os
 import time
@@ -444,6 +445,9 @@ def main(argv):
             log(f"time: {state['train_s']:.1f} s training" + (f" ({train_s0:.1f} s of it before --resume=True)" if
                 cfg.resume else "") + f", {state['eval_s']:.1f} s evaluating on {eval_split}, {t_test:.1f} s on test")
     if ddp:
+        # the DDP wrapper holds the process group: released here, while the interpreter is whole, not in its exit
+        del model
+        gc.collect()
         dist.destroy_process_group()
     return m
 

@@ -105,6 +105,11 @@ def run_script(*args, env=None):
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
+def stderr_of(r):
+    # a failed torchrun: a worker's own error comes first, torchrun's summary of the failure last
+    return r.stderr if len(r.stderr) < 6000 else r.stderr[:4000] + "\n[...]\n" + r.stderr[-2000:]
+
+
 def round_trip(out, synth_root, tmp_path, capsys):
     """A run's checkpoint (in `out`) through `python evaluate.py` and `python sample.py --json=True`, rebuilt from the
     checkpoint alone: returns evaluate's metrics, the model with its attribute names, three images, what generate

@@ -12,7 +12,7 @@ import torch
 import clip
 import sample
 import train
-from conftest import TINY, round_trip, run_script, tiny_args
+from conftest import TINY, round_trip, run_script, stderr_of, tiny_args
 from decoder import LinearHead, labels_to_targets
 
 
@@ -89,7 +89,7 @@ def test_linear_head_under_ddp_and_compile(synth_root, tiny_clip_file, tmp_path)
     args = tiny_args(synth_root, tiny_clip_file, tmp_path / "ddp", "--epochs=1", "--head=linear")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, stderr_of(r)
     assert re.search(r"^step 8/8 ", r.stdout, re.M) and "test (best on val" in r.stdout
     torch._dynamo.reset()
     # one batch of all 256 images a step: one shape, one compilation; the compiled losses are the eager ones

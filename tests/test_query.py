@@ -15,7 +15,7 @@ import clip
 import sample
 import train
 import test_decoder
-from conftest import TINY, round_trip, run_script, tiny_args
+from conftest import TINY, round_trip, run_script, stderr_of, tiny_args
 from decoder import DecoderConfig, LinearHead, QueryHead, labels_to_targets
 
 PROMPTS = [f"A pedestrian with attribute number {i}" for i in range(12)]
@@ -203,7 +203,7 @@ def test_query_head_under_ddp(synth_root, tiny_clip_file, tmp_path):
     args = tiny_args(synth_root, tiny_clip_file, tmp_path, "--epochs=1", "--head=query", "--n_layer=1")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, stderr_of(r)
     assert re.search(r"^step 8/8 ", r.stdout, re.M) and "test (best on val" in r.stdout
 
 

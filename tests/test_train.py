@@ -14,7 +14,7 @@ from PIL import Image
 import clip
 from cli import UserError
 import train
-from conftest import run_script, tiny_args
+from conftest import run_script, stderr_of, tiny_args
 from decoder import DecoderConfig, SequencePAR
 
 
@@ -155,7 +155,7 @@ def test_ddp_with_gloo(synth_root, tiny_clip_file, tmp_path):
     args = tiny_args(synth_root, tiny_clip_file, tmp_path, "--epochs=1")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, stderr_of(r)
     assert r.stdout.count("config:") == 1  # only rank 0 logs
     assert re.search(r"^step 8/8 ", r.stdout, re.M) and "test (best on val" in r.stdout
     import sample
