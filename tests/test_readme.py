@@ -1,4 +1,4 @@
-"""The README's Method chapter: its worked example and its shape trace are what the code does."""
+"""The README's Method chapter: its worked example and the shapes of its diagram are what the code does."""
 import os
 import re
 
@@ -52,14 +52,18 @@ def test_the_shapes_at_the_real_size():
     with torch.no_grad():
         tokens = model.clip.encode_image(images, all_tokens=True)
         kv = model.memory_kv(images)[0]
-        table = model.token_table()
+        table, text = model.token_table(), model.text_features()
         targets = labels_to_targets(labels)
         logits, _ = model(images, targets)
     assert tokens.shape == (B, 257, 768) and kv[0].shape == kv[1].shape == (B, 8, 257, 96)
     assert table.shape == (38, 768) and targets.shape == (B, 37)
     assert logits.shape == (B, 1 + 3, 38)  # T = 1 + the most positives (3) of an image in the batch
-    for line in ["images (B, 3, 224, 224)", "image tokens, after ln_post and proj (B, 257, 768)",
-                 "cross-attention keys, values per layer (B, 8, 257, 96)",
-                 "token table: 3 specials + 35 prompts (38, 768)", "targets from labels_to_targets (B, 37)",
-                 "logits (B, T, 38)"]:
-        assert in_readme(line), line
+
+    # the Method chapter's diagram gives these shapes, B and T for the batch and the sequence length
+    def shape(t, names=("B",)):
+        return "(" + ",".join(names[i] if i < len(names) else str(d) for i, d in enumerate(t.shape)) + ")"
+
+    for part in [f"image {shape(images)}", f"image tokens {shape(tokens)}", f"keys, values {shape(kv[0])}",
+                 f"--CLIP text--> {shape(text, ())}", f"token table {shape(table, ())}",
+                 f"at every position {shape(logits, ('B', 'T'))}"]:
+        assert in_readme(part), part
