@@ -23,6 +23,11 @@ TINY = clip.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, visio
                        vision_patch_size=8, transformer_width=64, transformer_heads=1, transformer_layers=2)
 
 
+def pytest_configure(config):
+    # pytest-xdist's mark, known also where xdist is not loaded (pytest -p no:xdist)
+    config.addinivalue_line("markers", "xdist_group(name): the tests of a group run on one worker (--dist loadgroup)")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def cache_home(tmp_path_factory):
     # the preload cache goes to $XDG_CACHE_HOME/sequencepar: a folder of the test session's, not the user's
@@ -93,12 +98,133 @@ def write_png(path, pixels, bit_depth=8, size=None):
         f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
-def run_script(*args, env=None):
-    # in its own process group, so that a hang kills torchrun's workers too, not only the launcher
-    p = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env, start_new_session=True)
+class Started:
+    """A script started by the zygote, as subprocess.Popen has it: pid, poll, wait, communicate, send_signal, kill,
+    returncode, and stdout and stderr to read where they were asked for as subprocess.PIPE (files the child writes)."""
+
+    def __init__(self, args, text):
+        import tempfile
+        import threading
+        self.args, self.text, self.pid, self.returncode = [sys.executable, *args], text, None, None
+        self.folder = tempfile.mkdtemp(prefix="zygote-")
+        self.started, self.ended = threading.Event(), threading.Event()
+        self.stdout = self.stderr = None
+
+    def pipe(self, name):
+        # a file in place of the pipe; read back by the test as the pipe would be, once the child has ended
+        path = os.path.join(self.folder, name)
+        open(path, "w").close()
+        setattr(self, name, open(path, "r" if self.text else "rb"))
+        return path
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if not self.ended.wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def communicate(self, timeout=None):
+        self.wait(timeout)
+        return tuple(f.read() if f else None for f in (self.stdout, self.stderr))
+
+    def send_signal(self, sig):
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+    def __del__(self):
+        import shutil
+        for f in (self.stdout, self.stderr):
+            if f:
+                f.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Zygote:
+    """The worker's zygote.py, started with the first script a test runs and asked for every one after."""
+    process = start_env = None
+    children, count = {}, 0
+    # what an interpreter reads as it starts, or torch as it is imported: a child forked after that cannot take
+    # another value of them, and runs in a new interpreter instead (PYTHONIOENCODING and PYTHONUNBUFFERED it takes)
+    FIXED_AT_START = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "TORCH", "LD_", "MALLOC")
+    TAKEN = ("PYTHONIOENCODING", "PYTHONUNBUFFERED")
+
+    @classmethod
+    def can_run(cls, args, env):
+        before = cls.start_env or os.environ
+        fixed = {k for k in {*env, *before} if k.startswith(cls.FIXED_AT_START) and k not in cls.TAKEN}
+        return args[0].endswith(".py") and all(env.get(k) == before.get(k) for k in fixed)
+
+    @classmethod
+    def listen(cls):
+        import json
+        for line in cls.process.stdout:
+            message = json.loads(line)
+            if "id" in message:
+                child = cls.children.pop(message["id"])
+                child.pid = message["pid"]
+                cls.children[child.pid] = child
+                child.started.set()
+            else:
+                child = cls.children.pop(message["exit"])
+                child.returncode = message["status"]
+                child.ended.set()
+
+    @classmethod
+    def start(cls, args, env, stdout, stderr, text):
+        import json
+        import threading
+        if cls.process is None:
+            cls.process = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "zygote.py")], cwd=ROOT,
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            cls.start_env = dict(os.environ)
+            threading.Thread(target=cls.listen, daemon=True).start()
+        child = Started(args, text)
+        paths = [child.pipe(name) if where == subprocess.PIPE else os.fspath(where)
+                 for name, where in (("stdout", stdout), ("stderr", stderr))]
+        for path in paths:  # empty and there once we return, as Popen leaves a file it writes to
+            open(path, "w").close()
+        cls.count += 1
+        cls.children[cls.count] = child
+        request = {"id": cls.count, "argv": list(args), "cwd": ROOT, "env": dict(env), "stdout": paths[0],
+                   "stderr": paths[1]}
+        cls.process.stdin.write(json.dumps(request) + "\n")
+        cls.process.stdin.flush()
+        if not child.started.wait(60):
+            raise RuntimeError(f"the zygote did not start {args}")
+        return child
+
+
+def start_script(*args, env=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True):
+    """`python *args` started from the repository's root, as subprocess.Popen (stdout and stderr: PIPE or a path).
+    A script whose environment changes nothing an interpreter or torch reads as it starts runs in a child of the
+    worker's zygote: the same, less the interpreter's start and torch's import; `-m`, `-c` and the other environments
+    in a new interpreter, in its own session, so that a hang can kill torchrun's workers too."""
+    env = dict(os.environ if env is None else env)
+    if Zygote.can_run(args, env):
+        return Zygote.start(args, env, stdout, stderr, text)
+    files = [open(where, "w") if where != subprocess.PIPE else where for where in (stdout, stderr)]
     try:
-        out, err = p.communicate(timeout=240)
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=files[0], stderr=files[1], text=text,
+                                env=env, start_new_session=True)
+    finally:
+        for f in files:
+            if f != subprocess.PIPE:
+                f.close()
+
+
+def run_script(*args, env=None, text=True, timeout=240):
+    """`python *args` from the repository's root, run to its end: its exit status, stdout and stderr."""
+    p = start_script(*args, env=env, text=text)
+    try:
+        out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         raise

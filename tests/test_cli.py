@@ -157,3 +157,43 @@ def test_help_is_read_off_the_dataclass():
     assert lines[3:] == ["  --name=x".ljust(34) + "a string", "  --size=2".ljust(34) + "a count; this comment goes on",
                          " " * 34 + "on a second line", "  # a heading", "  --rate=0.5", "  --flag=False",
                          "  --path=~/here", "", "the end"]
+
+
+PROBE = """
+import atexit, os, sys, threading, time
+print("stdout, no newline", end="")
+print("stderr", file=sys.stderr)
+atexit.register(lambda: print(" at exit"))
+threading.Thread(target=lambda: (time.sleep(0.2), print(" a thread's last"))).start()
+print(" args", sys.argv[1:], __name__, os.getcwd(), sys.path[0] == os.path.dirname(os.path.abspath(__file__)))
+print(" é", os.environ.get("PROBE"), file=sys.stderr)
+mode = sys.argv[1]
+if mode == "message":
+    sys.exit("a message")
+if mode == "status":
+    sys.exit(3)
+if mode == "bug":
+    import json
+    json.loads("{")  # a traceback through a library's frames
+"""
+
+
+@pytest.mark.parametrize("args", [["message"], ["status"], ["bug"], ["none", "é x"], ["train.py", "--nope=1"],
+                                  ["sample.py", "--help"]])
+def test_a_script_run_by_the_zygote_ends_as_in_a_new_interpreter(args, tmp_path):
+    # conftest.run_script runs a script in a child forked from a process that has imported torch (tests/zygote.py):
+    # its exit status, stdout and stderr are those of `python script.py args` started anew
+    import subprocess
+    import sys
+
+    from conftest import ROOT, Started, start_script
+    if not args[0].endswith(".py"):
+        (tmp_path / "probe.py").write_text(PROBE)
+        args = [str(tmp_path / "probe.py"), *args]
+    env = dict(os.environ, PROBE="set")
+    p = start_script(*args, env=env)
+    assert isinstance(p, Started)  # (not a new interpreter: then this test would compare one with itself)
+    out, err = p.communicate(timeout=120)
+    new = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert (p.returncode, out, err) == (new.returncode, new.stdout, new.stderr)
+    assert new.stdout or new.stderr

@@ -2,7 +2,6 @@
 command."""
 import os
 import pickle
-import subprocess
 import sys
 import types
 
@@ -13,6 +12,7 @@ from PIL import Image
 
 import data
 import dataset
+from conftest import run_script
 
 PETA_35 = ("accessoryHat accessoryMuffler accessoryNothing accessorySunglasses hairLong upperBodyCasual "
            "upperBodyFormal upperBodyJacket upperBodyLogo upperBodyPlaid upperBodyShortSleeve upperBodyThinStripes "
@@ -570,7 +570,6 @@ def test_summary_command_checks_every_image(tmp_path, capsys):
 
 
 def test_script_prints_one_line_errors():
-    r = subprocess.run([sys.executable, "data.py", "--dataset=nosuch"], capture_output=True, text=True,
-                       cwd=os.path.dirname(os.path.abspath(data.__file__)))
+    r = run_script("data.py", "--dataset=nosuch")
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "error: unknown dataset 'nosuch'; known: peta, pa100k, rapv1, rapv2, wider, peta_zs, rap_zs, pkl, csv, synth"]

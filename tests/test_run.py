@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -15,14 +14,12 @@ import torch
 
 import evaluate
 import train
-from conftest import ROOT, tiny_args
+from conftest import start_script, tiny_args
 
 
 def start(args, log):
     # train.py with its log going to a file, line by line, and its stderr to a pipe
-    with open(log, "w") as f:
-        return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=f, stderr=subprocess.PIPE,
-                                text=True)
+    return start_script("train.py", *args, stdout=log)
 
 
 def wait_for(pattern, p, log, timeout=180):

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import train
-from conftest import ROOT, run_script, tiny_args
+from conftest import ROOT, run_script, start_script, tiny_args
 
 
 class Exploit:
@@ -245,16 +245,15 @@ def test_a_failed_save_keeps_the_previous_checkpoint(trained_run, synth_root, ti
 def interrupt_when(pattern, args, log):
     """Runs train.py with its log going to a file (not a pipe: lines must reach it as they are printed), presses
     Ctrl-C as soon as the log matches `pattern`, and returns the exit code, stderr and the log."""
-    with open(log, "w") as f:
-        p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=f, stderr=subprocess.PIPE, text=True)
-        try:
-            t0 = time.time()
-            while time.time() - t0 < 120 and p.poll() is None and not re.search(pattern, open(log).read(), re.M):
-                time.sleep(0.02)
-            p.send_signal(signal.SIGINT)
-            _, err = p.communicate(timeout=120)
-        finally:
-            p.kill()
+    p = start_script("train.py", *args, stdout=log)
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 120 and p.poll() is None and not re.search(pattern, open(log).read(), re.M):
+            time.sleep(0.02)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
     return p.returncode, err, open(log).read()
 
 

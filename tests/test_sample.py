@@ -150,13 +150,10 @@ def test_images_are_predicted_as_a_viewer_shows_them(trained_run, synth_root, tm
     assert not torch.allclose(sideways, model.generate(t(Image.fromarray(upright))[None])[1])
 
 
-def sample_script(*args, env=None, **kwargs):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-    return subprocess.run([sys.executable, "sample.py", *args], cwd=ROOT, capture_output=True, timeout=240,
-                          env={**os.environ, **(env or {})}, **kwargs)
+def sample_script(*args, env=None):
+    # (bytes: a test reads what sample.py wrote, before any decoding)
+    from conftest import run_script
+    return run_script("sample.py", *args, env={**os.environ, **(env or {})}, text=False)
 
 
 def test_a_file_name_that_is_not_text_is_printed_escaped_with_the_others(trained_run, synth_root, tmp_path):

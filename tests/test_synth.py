@@ -13,7 +13,7 @@ from PIL import Image
 
 import data
 import synth
-from conftest import ROOT
+from conftest import run_script
 
 
 def hashes(root):
@@ -289,13 +289,12 @@ def test_ceiling_of_the_label_sampler():
 
 
 def test_command_line(tmp_path):
-    r = subprocess.run([sys.executable, "synth.py", f"--root={tmp_path / 's'}", "--n=20", "--seed=1"], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = run_script("synth.py", f"--root={tmp_path / 's'}", "--n=20", "--seed=1")
     assert r.returncode == 0, r.stderr
     assert len(os.listdir(tmp_path / "s" / "images")) == 20
-    r = subprocess.run([sys.executable, "synth.py", "--n=many"], cwd=ROOT, capture_output=True, text=True)
+    r = run_script("synth.py", "--n=many")
     assert r.returncode == 1 and r.stderr == "error: --n=many: expected an integer\n" and r.stderr.count("\n") == 1
-    r = subprocess.run([sys.executable, "synth.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    r = run_script("synth.py", "--help")
     assert r.returncode == 0 and "python synth.py [--root=data/synth] [--n=40000] [--seed=0]" in r.stdout
 
 
