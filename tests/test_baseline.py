@@ -85,12 +85,16 @@ def test_linear_head_trains_and_its_checkpoint_goes_through_evaluation_and_sampl
         sample.main([*paths, f"--ckpt={out / 'ckpt.pt'}", "--attention=True", f"--out_dir={tmp_path / 'pics'}"])
 
 
-def test_linear_head_under_ddp_and_compile(synth_root, tiny_clip_file, tmp_path):
+def test_linear_head_under_ddp(synth_root, tiny_clip_file, tmp_path):
     args = tiny_args(synth_root, tiny_clip_file, tmp_path / "ddp", "--epochs=1", "--head=linear")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args, env=env)
     assert r.returncode == 0, stderr_of(r)
     assert re.search(r"^step 8/8 ", r.stdout, re.M) and "test (best on val" in r.stdout
+
+
+@pytest.mark.xdist_group("inductor")  # (see test_compile.py)
+def test_compiled_linear_head_takes_the_eager_steps(synth_root, tiny_clip_file, tmp_path):
     torch._dynamo.reset()
     # one batch of all 256 images a step: one shape, one compilation; the compiled losses are the eager ones
     train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "eager", "--head=linear", "--batch_size=256"))

@@ -13,6 +13,11 @@ import train
 from conftest import TINY, tiny_args
 from decoder import DecoderConfig, QueryHead, SequencePAR, labels_to_targets
 
+# make test runs every test that compiles kernels on one worker (--dist loadgroup), one after the other: a kernel one
+# has compiled is in the cache for the next (the linear head's CLIP is the same as SequencePAR's), which on a machine
+# that has compiled nothing yet takes half of these tests' time
+pytestmark = pytest.mark.xdist_group("inductor")
+
 
 @pytest.fixture
 def fresh_dynamo():
@@ -35,11 +40,12 @@ def logged_losses(out):
 
 def test_compiled_training_takes_the_eager_steps(synth_root, tiny_clip_file, tmp_path, fresh_dynamo, capsys):
     # every step is one batch of all 256 training images: every step has the same sequence length, so the model
-    # compiles once (a new length would compile it again); no dropout, whose random masks differ once compiled
-    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "eager", "--batch_size=256", "--dropout=0.0"))
+    # compiles once (a new length would compile it again); no dropout, whose random masks differ once compiled; one
+    # decoder layer (a layer more is the same kernels, and half a minute more of compiling on two cores)
+    args = ["--batch_size=256", "--dropout=0.0", "--n_layer=1"]
+    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "eager", *args))
     before = graphs_compiled()
-    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "compiled", "--batch_size=256", "--dropout=0.0",
-                         "--compile=True"))
+    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "compiled", *args, "--compile=True"))
     assert graphs_compiled() > before
     eager, compiled = logged_losses(tmp_path / "eager"), logged_losses(tmp_path / "compiled")
     assert len(eager) == len(compiled) == 2
