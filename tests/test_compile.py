@@ -13,9 +13,9 @@ import train
 from conftest import TINY, tiny_args
 from decoder import DecoderConfig, QueryHead, SequencePAR, labels_to_targets
 
-# make test runs every test that compiles kernels on one worker (--dist loadgroup), one after the other: a kernel one
-# has compiled is in the cache for the next (the linear head's CLIP is the same as SequencePAR's), which on a machine
-# that has compiled nothing yet takes half of these tests' time
+# make test runs the tests of this file on one worker (--dist loadgroup), in their order: a kernel one has compiled is
+# in the cache for the next (the linear head's CLIP is SequencePAR's), which on a machine that has compiled nothing
+# yet halves these tests' time
 pytestmark = pytest.mark.xdist_group("inductor")
 
 
@@ -53,6 +53,19 @@ def test_compiled_training_takes_the_eager_steps(synth_root, tiny_clip_file, tmp
     # gradients that differ by rounding, the second loss differs a little more
     assert compiled[0] == pytest.approx(eager[0], rel=2e-5) and compiled[1] == pytest.approx(eager[1], rel=1e-3)
     assert compiled[1] < compiled[0]  # and the compiled run learns
+
+
+def test_compiled_linear_head_takes_the_eager_steps(synth_root, tiny_clip_file, tmp_path, fresh_dynamo):
+    # (after SequencePAR's: most of its kernels are CLIP's, compiled there already) one batch of all 256 images a step:
+    # one shape, one compilation; the compiled losses are the eager ones
+    args = ["--head=linear", "--batch_size=256"]
+    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "eager", *args))
+    before = graphs_compiled()
+    train.main(tiny_args(synth_root, tiny_clip_file, tmp_path / "compiled", *args, "--compile=True"))
+    assert graphs_compiled() > before
+    eager, compiled = logged_losses(tmp_path / "eager"), logged_losses(tmp_path / "compiled")
+    assert len(eager) == 2 and compiled[0] == pytest.approx(eager[0], rel=2e-5)
+    assert compiled[1] == pytest.approx(eager[1], rel=1e-3)
 
 
 def test_compiled_model_predicts_as_eager(trained_run, synth_root, fresh_dynamo):
