@@ -102,20 +102,13 @@ class Started:
     """A script started by the zygote, as subprocess.Popen has it: pid, poll, wait, communicate, send_signal, kill,
     returncode, and stdout and stderr to read where they were asked for as subprocess.PIPE (files the child writes)."""
 
-    def __init__(self, args, text):
+    def __init__(self, args):
         import tempfile
         import threading
-        self.args, self.text, self.pid, self.returncode = [sys.executable, *args], text, None, None
+        self.args, self.pid, self.returncode = [sys.executable, *args], None, None
         self.folder = tempfile.mkdtemp(prefix="zygote-")
         self.started, self.ended = threading.Event(), threading.Event()
         self.stdout = self.stderr = None
-
-    def pipe(self, name):
-        # a file in place of the pipe; read back by the test as the pipe would be, once the child has ended
-        path = os.path.join(self.folder, name)
-        open(path, "w").close()
-        setattr(self, name, open(path, "r" if self.text else "rb"))
-        return path
 
     def poll(self):
         return self.returncode
@@ -186,11 +179,15 @@ class Zygote:
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             cls.start_env = dict(os.environ)
             threading.Thread(target=cls.listen, daemon=True).start()
-        child = Started(args, text)
-        paths = [child.pipe(name) if where == subprocess.PIPE else os.fspath(where)
-                 for name, where in (("stdout", stdout), ("stderr", stderr))]
+        child = Started(args)
+        # a stream asked for as PIPE goes to a file of the child's folder, read back by the test as the pipe would be
+        piped = [where == subprocess.PIPE for where in (stdout, stderr)]
+        paths = [os.path.join(child.folder, name) if pipe else os.fspath(where)
+                 for name, where, pipe in zip(("stdout", "stderr"), (stdout, stderr), piped)]
         for path in paths:  # empty and there once we return, as Popen leaves a file it writes to
             open(path, "w").close()
+        child.stdout, child.stderr = (open(path, "r" if text else "rb") if pipe else None
+                                      for path, pipe in zip(paths, piped))
         cls.count += 1
         cls.children[cls.count] = child
         request = {"id": cls.count, "argv": list(args), "cwd": ROOT, "env": dict(env), "stdout": paths[0],

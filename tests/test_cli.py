@@ -164,9 +164,10 @@ import atexit, os, sys, threading, time
 print("stdout, no newline", end="")
 print("stderr", file=sys.stderr)
 atexit.register(lambda: print(" at exit"))
-threading.Thread(target=lambda: (time.sleep(0.2), print(" a thread's last"))).start()
 print(" args", sys.argv[1:], __name__, os.getcwd(), sys.path[0] == os.path.dirname(os.path.abspath(__file__)))
 print(" é", os.environ.get("PROBE"), file=sys.stderr)
+# (started after the prints above, so that on a busy machine too its line comes after them)
+threading.Thread(target=lambda: (time.sleep(0.2), print(" a thread's last"))).start()
 mode = sys.argv[1]
 if mode == "message":
     sys.exit("a message")
